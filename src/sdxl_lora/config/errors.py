@@ -1,0 +1,28 @@
+"""The one exception type the CLI turns into 'one clear line per problem, exit status 2'."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """Bad user input: every problem found, each naming its flag, TOML key path or file."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class Problems:
+    """Collects problems so validation can report all of them at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+    def extend(self, messages: list[str]) -> None:
+        self.items.extend(messages)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)

@@ -1,0 +1,153 @@
+"""Frozen, typed run configuration. Built once from the command line by config.build; read by everything below.
+
+Each builder receives only its own section (ModelConfig to models, NetworkConfig to network, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdxl_lora.config.dataset_toml import DatasetConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which SDXL to load and in which precision (spec 1.2, 5.9)."""
+
+    pretrained_model_name_or_path: str
+    """Diffusers folder, single .safetensors/.ckpt file, or Hugging Face hub id (local cache only)."""
+    vae: str | None = None
+    """Replacement VAE: a file or a diffusers folder."""
+    mixed_precision: str = "no"
+    """'no', 'fp16' or 'bf16': the dtype frozen weights are stored and computed in."""
+    no_half_vae: bool = False
+    """Keep the VAE in float32 under mixed precision."""
+    full_fp16: bool = False
+    """Network weights in fp16 too (needs mixed_precision fp16)."""
+    full_bf16: bool = False
+    """Network weights in bf16 too (needs mixed_precision bf16)."""
+    fp8_base: bool = False
+    """Store frozen U-Net and text-encoder weights in float8_e4m3fn."""
+    fp8_base_unet: bool = False
+    """Store frozen U-Net weights in float8_e4m3fn."""
+    lowram: bool = False
+    """Load models straight onto the accelerator device."""
+    highvram: bool = False
+    """Skip device cache clearing during latent caching."""
+    max_token_length: int | None = None
+    """Caption tokens without BOS/EOS: None (75), 150 or 225."""
+    clip_skip: int | None = None
+    """Recorded in metadata; SDXL conditioning ignores it (as sd-scripts)."""
+    disable_mmap_load_safetensors: bool = False
+    """Read single files whole instead of memory-mapping them."""
+    tokenizer_cache_dir: str | None = None
+    """Folder to save/load tokenizers (offline use)."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The LoRA network (spec 3)."""
+
+    network_module: str = "networks.lora"
+    """sd-scripts network module name; only networks.lora is supported."""
+    network_dim: int | None = None
+    """Rank; None means 4 (metadata still records None)."""
+    network_alpha: float = 1.0
+    """Alpha; the effective scale is alpha / rank. 0 or None means alpha = rank."""
+    train_unet: bool = True
+    """Apply and train LoRA on the U-Net."""
+    train_text_encoder: bool = True
+    """Apply and train LoRA on both text encoders."""
+
+    @property
+    def rank(self) -> int:
+        return self.network_dim if self.network_dim is not None else 4
+
+    @property
+    def alpha(self) -> float:
+        return float(self.rank) if not self.network_alpha else float(self.network_alpha)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Datasets, after the subset -> dataset -> general -> command-line fallback (spec 2)."""
+
+    datasets: tuple[DatasetConfig, ...]
+    """Training datasets in TOML order."""
+    cache_latents: bool = False
+    """Encode every image once with the VAE before training, keep latents in memory."""
+    vae_batch_size: int = 1
+    """Batch size for latent caching."""
+    max_data_loader_n_workers: int = 8
+    """DataLoader workers (min with CPU count)."""
+    persistent_data_loader_workers: bool = False
+    """Keep DataLoader workers alive between epochs."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (spec 1.7, 9)."""
+
+    optimizer_type: str = "AdamW"
+    """Optimizer name (case-insensitive for built-ins)."""
+    learning_rate: float = 2e-6
+    """Base learning rate."""
+    unet_lr: float | None = None
+    """U-Net LoRA learning rate (default learning_rate)."""
+    text_encoder_lr: tuple[float | None, float | None] = (None, None)
+    """Learning rates of TE1 (CLIP ViT-L) and TE2 (OpenCLIP ViT-bigG) LoRA; None = learning_rate."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables."""
+    lr_scheduler: str = "constant"
+    """Scheduler name."""
+    lr_warmup_steps: int = 0
+    """Warmup steps (already resolved from fractions)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop (spec 1.8, 1.9, 5)."""
+
+    max_train_steps: int = 1600
+    """Total optimizer steps (overridden by max_train_epochs)."""
+    max_train_epochs: int | None = None
+    """Epoch count; when set, steps = epochs x steps per epoch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    seed: int = 0
+    """Global seed (drawn at random when not given)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+
+
+@dataclass(frozen=True)
+class SaveConfig:
+    """What is written and where (spec 4, 7)."""
+
+    output_dir: Path
+    """Folder for every output; created when missing."""
+    output_name: str | None = None
+    """Base file name; 'last' for the final file when None."""
+    save_model_as: str = "safetensors"
+    """File format."""
+    save_precision: str | None = None
+    """dtype of saved tensors: None (training dtype), float, fp16, bf16."""
+    no_metadata: bool = False
+    """Write only the minimal ss_* keys."""
+    training_comment: str | None = None
+    """Stored as ss_training_comment."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; immutable after validation."""
+
+    model: ModelConfig
+    network: NetworkConfig
+    data: DataConfig
+    optim: OptimConfig
+    train: TrainConfig
+    save: SaveConfig
+    args: dict = field(default_factory=dict)
+    """The effective option values (name -> value), for metadata and --output_config only."""
