@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 
-class ConfigError(Exception):
+class UserInputError(Exception):
+    """Base of every error caused by what the user gave us (not a bug): the CLI prints it and exits 2."""
+
+    problems: list[str]
+
+
+class ConfigError(UserInputError):
     """Bad user input: every problem found, each naming its flag, TOML key path or file."""
 
     def __init__(self, problems: list[str] | str):

@@ -83,6 +83,8 @@ class DataConfig:
     """DataLoader workers (min with CPU count)."""
     persistent_data_loader_workers: bool = False
     """Keep DataLoader workers alive between epochs."""
+    prior_loss_weight: float = 1.0
+    """Loss weight of regularisation images."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,8 @@ class OptimConfig:
     """Gradient clipping norm; 0 disables."""
     lr_scheduler: str = "constant"
     """Scheduler name."""
-    lr_warmup_steps: int = 0
-    """Warmup steps (already resolved from fractions)."""
+    lr_warmup_steps: int | float = 0
+    """Warmup: integer steps, or a fraction (< 1) of the total steps."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""argv -> config -> train.loop.run(cfg). Exit codes: 0 done, 2 bad input (one line per problem), 130 interrupted.
+
+Subcommands: `train` (the default, so sd-scripts command lines run unchanged), `check` (validate and print the
+plan without loading any model), `tiny-model OUT_DIR` (write a tiny random SDXL to smoke-test an install).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from sdxl_lora.config.errors import UserInputError
+
+COMMANDS = ("train", "check", "tiny-model")
+log = logging.getLogger("sdxl_lora")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of `sdxl-lora` and `sdxl_train_network.py`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "train"
+    try:
+        if command == "tiny-model":
+            return _tiny_model(argv)
+        return _train_or_check(command, argv)
+    except UserInputError as err:
+        for problem in err.problems:
+            print(f"sdxl-lora: error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdxl-lora: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train_or_check(command: str, argv: list[str]) -> int:
+    from sdxl_lora.config.build import build_run_config
+    from sdxl_lora.config.parser import parse_command_line, write_output_config
+
+    as_json = command == "check" and "--json" in argv
+    if as_json:
+        argv = [a for a in argv if a != "--json"]
+    parsed = parse_command_line(argv)
+    setup_logging(parsed.values)
+    if parsed.output_config_path is not None:
+        write_output_config(parsed, parsed.output_config_path)
+        print(f"wrote {parsed.output_config_path}")
+        return 0
+    cfg = build_run_config(parsed.values, parsed.given)
+    if command == "check":
+        from sdxl_lora.train.check import render_plan
+
+        print(render_plan(cfg, as_json=as_json))
+        return 0
+    from sdxl_lora.train.loop import loss_summary, run
+
+    result = run(cfg)
+    if result.output_path is not None:
+        first, last = loss_summary(result.losses)
+        print(f"trained {result.steps} steps in {result.epochs} epochs; "
+              f"average loss first {first:.4f} -> last {last:.4f}")
+        print(f"saved {result.output_path}")
+    return 0
+
+
+def _tiny_model(argv: list[str]) -> int:
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="sdxl-lora tiny-model",
+                                     description="Write a tiny random-weight SDXL (diffusers folder).")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        print(f"sdxl-lora: error: {args.out_dir} exists and is not empty", file=sys.stderr)
+        return 2
+    from sdxl_lora.models.tiny import save_tiny_model
+
+    print(f"wrote {save_tiny_model(args.out_dir, seed=args.seed)}")
+    return 0
+
+
+def setup_logging(values: dict) -> None:
+    """--console_log_level / --console_log_file / --console_log_simple."""
+    level = getattr(logging, (values.get("console_log_level") or "INFO").upper())
+    handler: logging.Handler
+    if values.get("console_log_file"):
+        handler = logging.FileHandler(values["console_log_file"], mode="w", encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stdout if values.get("console_log_simple") else sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if values.get("console_log_simple")
+                                           else "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

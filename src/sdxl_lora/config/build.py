@@ -1,0 +1,138 @@
+"""Command-line values -> frozen RunConfig: normalize (implied settings made explicit and logged once),
+then validate everything (all problems reported together), before any model weight is touched."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from sdxl_lora.config.dataset_toml import load_datasets, validate_datasets
+from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.options import OPTIONS, WORKS
+from sdxl_lora.config.rules import check_dataset_rules, check_rules
+from sdxl_lora.config.schema import (
+    DataConfig,
+    ModelConfig,
+    NetworkConfig,
+    OptimConfig,
+    RunConfig,
+    SaveConfig,
+    TrainConfig,
+)
+
+log = logging.getLogger(__name__)
+
+_IMPLIED = (
+    ("cache_latents_to_disk", "cache_latents"),
+    ("cache_text_encoder_outputs_to_disk", "cache_text_encoder_outputs"),
+)
+
+
+def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunConfig:
+    """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
+    values, notes = normalize(values, given)
+    problems = unsupported_options(values) + check_rules(values)
+    datasets: tuple = ()
+    try:
+        datasets = load_datasets(_path_or_none(values.get("dataset_config")), values)
+    except ConfigError as err:
+        problems += err.problems
+    if datasets:
+        problems += validate_datasets(datasets, cache_latents=bool(values.get("cache_latents")))
+        problems += check_dataset_rules(values, datasets)
+    if problems:
+        raise ConfigError(problems)
+    for note in notes:
+        log.info("%s", note)
+    return assemble(values, datasets)
+
+
+def normalize(values: dict, given: frozenset[str]) -> tuple[dict, list[str]]:
+    """Make implied settings explicit. Returns a new dict and one note per implied setting (logged once,
+    after validation passes)."""
+    v, notes = dict(values), []
+    for source, implied in _IMPLIED:
+        if v.get(source) and not v.get(implied):
+            v[implied] = True
+            notes.append(f"--{source} implies --{implied}: enabled")
+    if v.get("caption_extention") and "caption_extension" not in given:
+        v["caption_extension"] = v["caption_extention"]
+        notes.append("--caption_extention (legacy spelling) copied to --caption_extension")
+    if not v.get("optimizer_type"):
+        v["optimizer_type"] = "AdamW"
+    if v.get("seed") is None:
+        v["seed"] = random.randint(0, 2**32 - 1)
+        notes.append(f"--seed not given: using {v['seed']}")
+    v["text_encoder_lrs"] = text_encoder_lrs(v.get("text_encoder_lr"), v.get("text_encoder_lr1"),
+                                             v.get("text_encoder_lr2"))
+    return v, notes
+
+
+def text_encoder_lrs(shared, lr1, lr2) -> tuple[float | None, float | None]:
+    """(TE1, TE2) learning rates: --text_encoder_lr gives one value for both or one each; the guide's
+    --text_encoder_lr1/--text_encoder_lr2 override per encoder."""
+    shared = list(shared or [])
+    first = shared[0] if shared else None
+    second = shared[1] if len(shared) > 1 else first
+    return (lr1 if lr1 is not None else first, lr2 if lr2 is not None else second)
+
+
+def unsupported_options(values: dict) -> list[str]:
+    """A non-default value of any option that does not work yet is an error, never silently ignored."""
+    problems = []
+    for opt in OPTIONS:
+        if opt.status == WORKS or values.get(opt.name, opt.default) == opt.default:
+            continue
+        if opt.status.startswith("refused"):
+            problems.append(f"--{opt.name}: {opt.status}")
+        else:
+            where = f" (roadmap: {opt.roadmap})" if opt.roadmap else ""
+            problems.append(f"--{opt.name}: not supported yet{where}")
+    return problems
+
+
+def assemble(v: dict, datasets: tuple) -> RunConfig:
+    """Split the flat, validated values into the per-component sections."""
+    model = ModelConfig(
+        pretrained_model_name_or_path=v["pretrained_model_name_or_path"], vae=v.get("vae"),
+        mixed_precision=v.get("mixed_precision") or "no", no_half_vae=bool(v.get("no_half_vae")),
+        full_fp16=bool(v.get("full_fp16")), full_bf16=bool(v.get("full_bf16")), fp8_base=bool(v.get("fp8_base")),
+        fp8_base_unet=bool(v.get("fp8_base_unet")), lowram=bool(v.get("lowram")), highvram=bool(v.get("highvram")),
+        max_token_length=v.get("max_token_length"), clip_skip=v.get("clip_skip"),
+        disable_mmap_load_safetensors=bool(v.get("disable_mmap_load_safetensors")),
+        tokenizer_cache_dir=v.get("tokenizer_cache_dir"),
+    )
+    network = NetworkConfig(
+        network_module=v["network_module"], network_dim=v.get("network_dim"),
+        network_alpha=v.get("network_alpha") if v.get("network_alpha") is not None else 0.0,
+        train_unet=not v.get("network_train_text_encoder_only"),
+        train_text_encoder=not v.get("network_train_unet_only"),
+    )
+    data = DataConfig(
+        datasets=tuple(datasets), cache_latents=bool(v.get("cache_latents")),
+        vae_batch_size=int(v.get("vae_batch_size") or 1),
+        max_data_loader_n_workers=int(v.get("max_data_loader_n_workers") or 0),
+        persistent_data_loader_workers=bool(v.get("persistent_data_loader_workers")),
+        prior_loss_weight=float(v.get("prior_loss_weight") if v.get("prior_loss_weight") is not None else 1.0),
+    )
+    optim = OptimConfig(
+        optimizer_type=v["optimizer_type"], learning_rate=float(v["learning_rate"]), unet_lr=v.get("unet_lr"),
+        text_encoder_lr=v["text_encoder_lrs"], max_grad_norm=float(v.get("max_grad_norm") or 0.0),
+        lr_scheduler=v.get("lr_scheduler") or "constant", lr_warmup_steps=v.get("lr_warmup_steps") or 0,
+    )
+    train = TrainConfig(
+        max_train_steps=int(v["max_train_steps"]), max_train_epochs=v.get("max_train_epochs"),
+        gradient_accumulation_steps=int(v.get("gradient_accumulation_steps") or 1), seed=int(v["seed"]),
+        gradient_checkpointing=bool(v.get("gradient_checkpointing")),
+    )
+    save = SaveConfig(
+        output_dir=Path(v["output_dir"]), output_name=v.get("output_name"),
+        save_model_as=v.get("save_model_as") or "safetensors", save_precision=v.get("save_precision"),
+        no_metadata=bool(v.get("no_metadata")), training_comment=v.get("training_comment"),
+    )
+    return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v))
+
+
+def _path_or_none(value) -> Path | None:
+    return Path(value) if value else None

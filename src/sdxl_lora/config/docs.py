@@ -1,0 +1,65 @@
+"""docs/options.md from config.options.OPTIONS: `python -m sdxl_lora.config.docs > docs/options.md`."""
+
+from __future__ import annotations
+
+import sys
+
+from sdxl_lora.config.config_file import toml_value
+from sdxl_lora.config.options import GROUPS, NOT_YET, OPTIONS, WORKS, Option
+from sdxl_lora.config.parser import status_text
+
+TABLE_HEAD = ("| option | type | default | status | help |", "|---|---|---|---|---|")
+HEADER = """\
+# Command-line options
+
+Generated from `src/sdxl_lora/config/options.py` by `python -m sdxl_lora.config.docs > docs/options.md`;
+do not edit by hand.
+
+sdxl-lora accepts every option of kohya-ss sd-scripts' `sdxl_train_network.py`, with the same names, types and
+defaults, plus `--text_encoder_lr1` and `--text_encoder_lr2` from its user guide. Unique prefixes work
+(`--output_n` = `--output_name`). Options can also come from `--config_file` (a TOML file; its tables are
+flattened, the command line wins); unlike sd-scripts, unknown keys and wrongly typed values there are errors.
+
+Status: **works**; **not yet (capability)**: parsed, but an error when set, until that roadmap capability is
+built; **refused**: never supported. Defaults are written as in a TOML config file; "unset" is sd-scripts'
+None.
+"""
+
+
+def render_options_md() -> str:
+    """The whole of docs/options.md."""
+    lines = [HEADER, _summary()]
+    for group in GROUPS:
+        lines += ["", f"## {group}", "", *TABLE_HEAD]
+        lines += [_row(option) for option in OPTIONS if option.group == group]
+    return "\n".join(lines) + "\n"
+
+
+def _summary() -> str:
+    works = sum(option.status == WORKS for option in OPTIONS)
+    not_yet = sum(option.status == NOT_YET for option in OPTIONS)
+    refused = len(OPTIONS) - works - not_yet
+    return f"{len(OPTIONS)} options: {works} work, {not_yet} not yet, {refused} refused."
+
+
+def _row(option: Option) -> str:
+    name = f"`--{option.name}`"
+    cells = (name, _type_text(option), _default_text(option), status_text(option), option.help)
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def _type_text(option: Option) -> str:
+    text = {"int_or_float": "int or float"}.get(option.kind, option.kind)
+    if option.nargs == "*":
+        text = f"list of {text}"
+    if option.choices is not None:
+        text += ": " + ", ".join(str(choice) for choice in option.choices)
+    return text
+
+
+def _default_text(option: Option) -> str:
+    return "unset" if option.default is None else f"`{toml_value(option.default)}`"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_options_md())

@@ -1,0 +1,163 @@
+"""Cross-option rules (spec 1.17 and the guide), each a small function returning the problems it finds.
+
+Every message names the flag(s). Rules that also need the datasets take them as a second argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.sources import detect_source
+
+SUPPORTED_NETWORK_MODULES = ("networks.lora",)
+ADAPTIVE_LR_OPTIMIZERS = ("dadaptation", "dadaptadampreprint", "dadaptadagrad", "dadaptadam", "dadaptadan",
+                          "dadaptanip", "dadaptlion", "dadaptsgd", "dadaptadanip", "prodigy")
+LORAPLUS_KEYS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+
+
+def _required(v: dict) -> list[str]:
+    out = []
+    if not v.get("pretrained_model_name_or_path"):
+        out.append("--pretrained_model_name_or_path is required (an SDXL diffusers folder, file or hub id)")
+    else:
+        try:
+            detect_source(str(v["pretrained_model_name_or_path"]))
+        except ConfigError as err:
+            out += err.problems
+    if not v.get("output_dir"):
+        out.append("--output_dir is required (where the LoRA file is written)")
+    if not v.get("network_module"):
+        out.append("--network_module is required (use --network_module=networks.lora)")
+    elif v["network_module"] not in SUPPORTED_NETWORK_MODULES:
+        out.append(f"--network_module={v['network_module']}: only networks.lora is supported")
+    if not v.get("dataset_config") and not v.get("train_data_dir") and not v.get("in_json"):
+        out.append("no dataset: give --dataset_config (a dataset TOML) or --train_data_dir")
+    return out
+
+
+def _positive(v: dict) -> list[str]:
+    out = []
+    for name in ("max_train_steps", "gradient_accumulation_steps", "train_batch_size", "vae_batch_size"):
+        if v.get(name) is not None and v[name] < 1:
+            out.append(f"--{name}={v[name]}: must be at least 1")
+    for name in ("max_train_epochs", "network_dim", "save_every_n_epochs", "save_every_n_steps"):
+        if v.get(name) is not None and v[name] < 1:
+            out.append(f"--{name}={v[name]}: must be at least 1")
+    if v.get("learning_rate") is not None and v["learning_rate"] < 0:
+        out.append(f"--learning_rate={v['learning_rate']}: must not be negative")
+    if v.get("max_data_loader_n_workers") is not None and v["max_data_loader_n_workers"] < 0:
+        out.append("--max_data_loader_n_workers: must not be negative")
+    return out
+
+
+def _text_encoder_cache(v: dict) -> list[str]:
+    if v.get("cache_text_encoder_outputs") and not v.get("network_train_unet_only"):
+        return ["--cache_text_encoder_outputs needs --network_train_unet_only (cached text encoders cannot train)"]
+    return []
+
+
+def _precision(v: dict) -> list[str]:
+    out = []
+    mp = v.get("mixed_precision") or "no"
+    if v.get("full_fp16") and mp != "fp16":
+        out.append("--full_fp16 needs --mixed_precision fp16")
+    if v.get("full_bf16") and mp != "bf16":
+        out.append("--full_bf16 needs --mixed_precision bf16")
+    if v.get("full_fp16") and v.get("full_bf16"):
+        out.append("--full_fp16 and --full_bf16 cannot be combined")
+    for flag in ("fp8_base", "fp8_base_unet"):
+        if v.get(flag) and mp == "no":
+            out.append(f"--{flag} needs --mixed_precision fp16 or bf16 (fp8 weights compute in that dtype)")
+    return out
+
+
+def _noise_and_loss(v: dict) -> list[str]:
+    out = []
+    if v.get("adaptive_noise_scale") is not None and not v.get("noise_offset"):
+        out.append("--adaptive_noise_scale needs --noise_offset")
+    if v.get("scale_v_pred_loss_like_noise_pred") and not v.get("v_parameterization"):
+        out.append("--scale_v_pred_loss_like_noise_pred needs --v_parameterization")
+    if v.get("v_pred_like_loss") and v.get("v_parameterization"):
+        out.append("--v_pred_like_loss cannot be used with --v_parameterization")
+    lo, hi = v.get("min_timestep"), v.get("max_timestep")
+    if lo is not None and not 0 <= lo <= 1000:
+        out.append(f"--min_timestep={lo}: must be in [0, 1000]")
+    if hi is not None and not 0 <= hi <= 1000:
+        out.append(f"--max_timestep={hi}: must be in [0, 1000]")
+    if lo is not None and hi is not None and lo > hi:
+        out.append(f"--min_timestep={lo} is above --max_timestep={hi}")
+    return out
+
+
+def _optimizer(v: dict) -> list[str]:
+    out = []
+    opt = (v.get("optimizer_type") or "").lower()
+    if v.get("use_8bit_adam") and (v.get("use_lion_optimizer") or v.get("optimizer_type")):
+        out.append("--use_8bit_adam cannot be combined with --optimizer_type or --use_lion_optimizer")
+    if v.get("use_lion_optimizer") and v.get("optimizer_type"):
+        out.append("--use_lion_optimizer cannot be combined with --optimizer_type")
+    if v.get("fused_backward_pass"):
+        if opt != "adafactor":
+            out.append("--fused_backward_pass works only with --optimizer_type Adafactor")
+        if (v.get("gradient_accumulation_steps") or 1) > 1:
+            out.append("--fused_backward_pass cannot be used with --gradient_accumulation_steps > 1")
+    if (v.get("lr_scheduler") or "") == "adafactor" and opt != "adafactor":
+        out.append("--lr_scheduler adafactor works only with --optimizer_type Adafactor")
+    if opt in ADAPTIVE_LR_OPTIMIZERS and _loraplus_ratio(v.get("network_args")):
+        out.append(f"--optimizer_type {v['optimizer_type']} (adaptive learning rate) cannot be used with "
+                   "LoRA+ (--network_args loraplus_*_ratio)")
+    return out
+
+
+def _scheduler(v: dict) -> list[str]:
+    warmup = v.get("lr_warmup_steps") or 0
+    sched = v.get("lr_scheduler") or "constant"
+    if warmup and (sched in ("constant", "adafactor") or v.get("lr_scheduler_type")):
+        what = "--lr_scheduler_type" if v.get("lr_scheduler_type") else f"--lr_scheduler {sched}"
+        return [f"--lr_warmup_steps={warmup} has no effect with {what}; use constant_with_warmup or set it to 0"]
+    return []
+
+
+def _logging(v: dict) -> list[str]:
+    if v.get("log_with") in ("tensorboard", "all") and not v.get("logging_dir"):
+        return [f"--log_with {v['log_with']} needs --logging_dir"]
+    return []
+
+
+def _resume(v: dict) -> list[str]:
+    start, total = v.get("initial_step"), v.get("max_train_steps")
+    if start is not None and total is not None and start >= total:
+        return [f"--initial_step={start} must be below --max_train_steps={total}"]
+    return []
+
+
+def _loraplus_ratio(network_args) -> bool:
+    return any(str(a).split("=", 1)[0].strip() in LORAPLUS_KEYS for a in (network_args or []))
+
+
+RULES: tuple[Callable[[dict], list[str]], ...] = (
+    _required, _positive, _text_encoder_cache, _precision, _noise_and_loss, _optimizer, _scheduler,
+    _logging, _resume,
+)
+
+
+def check_rules(values: dict) -> list[str]:
+    """Every cross-option problem, in rule order."""
+    return [problem for rule in RULES for problem in rule(values)]
+
+
+def check_dataset_rules(values: dict, datasets) -> list[str]:
+    """Rules that combine options with the dataset settings (spec 1.17)."""
+    out = []
+    if values.get("cache_text_encoder_outputs"):
+        for ds in datasets:
+            for sub in ds.subsets:
+                if sub.is_reg:
+                    continue
+                bad = [k for k in ("shuffle_caption",) if getattr(sub, k)]
+                bad += [k for k in ("caption_dropout_rate", "token_warmup_step", "caption_tag_dropout_rate")
+                        if getattr(sub, k) > 0]
+                out += [f"{sub.key_path}.{k}: caption randomisation cannot be used with "
+                        "--cache_text_encoder_outputs" for k in bad]
+    return out

@@ -1,0 +1,140 @@
+"""Aspect-ratio buckets and SDXL crop conditioning (spec 2.6, 2.8): pure math on (width, height) pairs.
+
+Sizes are (width, height) throughout this module except `crop_top_left`, which returns (top, left) like the
+SDXL conditioning it feeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sdxl_lora.config.dataset_toml import DatasetConfig
+
+Size = tuple[int, int]
+
+
+def bucket_resolutions(resolution: Size, min_reso: int, max_reso: int, step: int) -> list[Size]:
+    """All buckets of area at most resolution's, sides in [min_reso, max_reso] on a `step` grid, sorted.
+
+    The square bucket comes first: side = floor(sqrt(max_area) / step) * step. Then for every width w on the
+    grid, the tallest height h = min(max_reso, floor((max_area // w) / step) * step) with h >= min_reso gives
+    (w, h) and (h, w).
+    """
+    max_area = resolution[0] * resolution[1]
+    side = int(math.sqrt(max_area) // step) * step
+    buckets = {(side, side)}
+    for width in range(min_reso, max_reso + 1, step):
+        height = min(max_reso, int((max_area // width) // step) * step)
+        if height >= min_reso:
+            buckets.add((width, height))
+            buckets.add((height, width))
+    return sorted(buckets)
+
+
+def nearest_bucket(size: Size, buckets: list[Size]) -> Size:
+    """The image's own size when it is a bucket, else the bucket with the closest w/h (first on ties)."""
+    if size in buckets:
+        return size
+    aspect = size[0] / size[1]
+    return min(buckets, key=lambda b: abs(b[0] / b[1] - aspect))
+
+
+def cover_size(size: Size, bucket: Size) -> Size:
+    """Resize keeping aspect so the image covers the bucket; the excess is cropped later."""
+    width, height = size
+    if width / height > bucket[0] / bucket[1]:
+        scale = bucket[1] / height
+    else:
+        scale = bucket[0] / width
+    return int(width * scale + 0.5), int(height * scale + 0.5)
+
+
+def _round_to_step(x: float, step: int) -> int:
+    rounded = int(x + 0.5)
+    return rounded - rounded % step
+
+
+def no_upscale_size(size: Size, max_area: int, step: int) -> Size:
+    """bucket_no_upscale: shrink images larger than max_area to about max_area, never enlarge.
+
+    Of the two candidates (width snapped to the grid, or height snapped) the one whose snapped aspect is
+    strictly closer to the image's keeps its exact side; ties go to the height candidate.
+    """
+    width, height = size
+    if width * height <= max_area:
+        return size
+    aspect = width / height
+    scaled_w = math.sqrt(max_area * aspect)
+    scaled_h = max_area / scaled_w
+    by_w = _round_to_step(scaled_w, step)
+    by_h = _round_to_step(scaled_h, step)
+    h_for_w = _round_to_step(by_w / aspect, step)
+    w_for_h = _round_to_step(by_h * aspect, step)
+    error_w = abs(by_w / h_for_w - aspect) if h_for_w else math.inf
+    error_h = abs(w_for_h / by_h - aspect) if by_h else math.inf
+    if error_w < error_h:
+        return by_w, int(by_w / aspect + 0.5)
+    return int(by_h * aspect + 0.5), by_h
+
+
+def floor_to_step(size: Size, step: int) -> Size:
+    """Each side floored to a multiple of step (the bucket of a bucket_no_upscale image)."""
+    return size[0] - size[0] % step, size[1] - size[1] % step
+
+
+def crop_top_left(bucket: Size, original: Size, flipped: bool) -> tuple[int, int]:
+    """SDXL crop conditioning (top, left): where the original, fitted *inside* the bucket, would sit.
+
+    Follows Stability's preprocessing as sd-scripts does (spec 2.8): fit by height when the bucket is wider
+    than the image, else by width; centre; on a horizontal flip left becomes bucket_w - right. It describes
+    a letterbox, not the crop actually applied (a known sd-scripts quirk, kept for compatibility).
+    """
+    bucket_w, bucket_h = bucket
+    image_aspect = original[0] / original[1]
+    if bucket_w / bucket_h > image_aspect:
+        fit_w, fit_h = bucket_h * image_aspect, bucket_h
+    else:
+        fit_w, fit_h = bucket_w, bucket_w / image_aspect
+    left = (bucket_w - fit_w) // 2
+    top = (bucket_h - fit_h) // 2
+    if flipped:
+        left = bucket_w - (left + fit_w)
+    return int(top), int(left)
+
+
+@dataclass(frozen=True)
+class Bucketing:
+    """How one dataset assigns images to buckets."""
+
+    buckets: tuple[Size, ...] | None
+    """Predefined buckets; None for bucket_no_upscale (one bucket per image size)."""
+    max_area: int
+    """Pixel area of `resolution`."""
+    step: int
+    """Bucket side granularity."""
+
+    def fit(self, size: Size) -> tuple[Size, Size]:
+        """(bucket, resized size) for an image of `size`; resized covers the bucket."""
+        if self.buckets is None:
+            resized = no_upscale_size(size, self.max_area, self.step)
+            return floor_to_step(resized, self.step), resized
+        bucket = nearest_bucket(size, list(self.buckets))
+        return bucket, cover_size(size, bucket)
+
+
+def bucketing_for(dataset: DatasetConfig) -> Bucketing:
+    """Upscaling buckets, per-image no-upscale buckets, or (bucketing off) the single bucket `resolution`.
+
+    Without bucketing every image is resized to cover `resolution` and centre-cropped. sd-scripts does that
+    only when latents are cached; without caching it crops unresized images and rejects smaller ones. One
+    behaviour for both paths is our choice.
+    """
+    width, height = dataset.resolution
+    step = dataset.bucket_reso_steps
+    if not dataset.enable_bucket:
+        return Bucketing(((width, height),), width * height, step)
+    if dataset.bucket_no_upscale:
+        return Bucketing(None, width * height, step)
+    low, high = dataset.bucket_limits()
+    return Bucketing(tuple(bucket_resolutions((width, height), low, high, step)), width * height, step)

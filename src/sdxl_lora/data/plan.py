@@ -1,0 +1,190 @@
+"""What one epoch will train on: every image with its caption, bucket and SDXL size conditioning.
+
+`build_plan` does all discovery (file listing, caption files, image headers) and bucket assignment once; the
+`sdxl-lora check` report and `TrainDataset` both read the same Plan, so what is shown is what is trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from sdxl_lora.config.dataset_toml import DatasetConfig
+from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.data.buckets import Size, bucketing_for, crop_top_left
+from sdxl_lora.data.discover import FoundImage, discover_subset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """One image as it will be trained (before random flips and random crops)."""
+
+    path: str
+    caption: str
+    """Caption from its file or class_tokens (before prefix/suffix and wildcard choice)."""
+    original_size: Size
+    """(width, height) of the file."""
+    bucket: Size
+    """(width, height) of the training tensor: the SDXL target size."""
+    resized_size: Size
+    """(width, height) after resizing, before cropping to the bucket."""
+    crop_top_left: tuple[int, int]
+    """(top, left) SDXL crop conditioning without a flip."""
+    repeats: int
+    """Times per epoch (for regularisation images: after balancing, 0 = unused)."""
+    subset_index: int
+    """Index into the dataset config's subsets."""
+    is_reg: bool
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "caption": self.caption, "bucket": list(self.bucket),
+                "original_size": list(self.original_size), "resized_size": list(self.resized_size),
+                "crop_top_left": list(self.crop_top_left), "target_size": list(self.bucket),
+                "repeats": self.repeats, "is_reg": self.is_reg}
+
+
+@dataclass(frozen=True)
+class SubsetPlan:
+    """Summary of one subset."""
+
+    image_dir: str
+    key_path: str
+    num_images: int
+    num_repeats: int
+    is_reg: bool
+
+    def to_dict(self) -> dict:
+        return {"image_dir": self.image_dir, "key_path": self.key_path, "images": self.num_images,
+                "repeats": self.num_repeats, "is_reg": self.is_reg}
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """One dataset: its subsets, images and buckets."""
+
+    config: DatasetConfig
+    subsets: tuple[SubsetPlan, ...]
+    images: tuple[ImagePlan, ...]
+    num_train_images: int
+    """Σ images × repeats over training (non-reg) subsets."""
+    num_reg_images: int
+    """Σ images × repeats over regularisation subsets, before balancing (sd-scripts' num_reg_images)."""
+    buckets: tuple[tuple[Size, int], ...]
+    """(bucket, samples per epoch) sorted by bucket; samples count repeats, as sd-scripts' bucket_info."""
+    batches_per_epoch: int
+    """Σ over buckets of ceil(samples / batch_size)."""
+
+    def to_dict(self) -> dict:
+        c = self.config
+        return {
+            "key_path": c.key_path, "resolution": list(c.resolution), "batch_size": c.batch_size,
+            "enable_bucket": c.enable_bucket, "bucket_no_upscale": c.bucket_no_upscale,
+            "subsets": [s.to_dict() for s in self.subsets], "num_train_images": self.num_train_images,
+            "num_reg_images": self.num_reg_images, "batches_per_epoch": self.batches_per_epoch,
+            "buckets": [{"width": b[0], "height": b[1], "count": n} for b, n in self.buckets],
+            "images": [i.to_dict() for i in self.images],
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every training dataset, in configuration order."""
+
+    datasets: tuple[DatasetPlan, ...]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(d.batches_per_epoch for d in self.datasets)
+
+    def to_dict(self) -> dict:
+        return {"batches_per_epoch": self.batches_per_epoch, "datasets": [d.to_dict() for d in self.datasets]}
+
+
+def balance_reg_repeats(reg_repeats: list[int], num_train_images: int) -> list[int]:
+    """Repeats per regularisation image so reg samples per epoch match training samples (spec 2.5).
+
+    First pass: each image with its own repeats, in order, stopping once the total reaches the target (it may
+    overshoot). Later passes add one repeat per image, in order, until the totals match. 0 = unused.
+    """
+    balanced = [0] * len(reg_repeats)
+    total, first_pass = 0, True
+    while reg_repeats and total < num_train_images:
+        for i, repeats in enumerate(reg_repeats):
+            added = repeats if first_pass else 1
+            balanced[i] += added
+            total += added
+            if total >= num_train_images:
+                break
+        first_pass = False
+    return balanced
+
+
+def build_plan(datasets: tuple[DatasetConfig, ...]) -> Plan:
+    """Discover, caption, size and bucket every image. Raises ConfigError listing every unusable file."""
+    problems: list[str] = []
+    plans = []
+    for dataset in datasets:
+        plan, found_problems = _plan_dataset(dataset)
+        problems += found_problems
+        plans.append(plan)
+    if problems:
+        raise ConfigError(problems)
+    return Plan(tuple(plans))
+
+
+def _plan_dataset(dataset: DatasetConfig) -> tuple[DatasetPlan, list[str]]:
+    found: list[tuple[int, FoundImage]] = []
+    subsets, problems = [], []
+    for index, subset in enumerate(dataset.subsets):
+        images, subset_problems = discover_subset(subset)
+        problems += subset_problems
+        subsets.append(SubsetPlan(subset.image_dir, subset.key_path, len(images), subset.num_repeats,
+                                  subset.is_reg))
+        found += [(index, image) for image in images]
+    repeats = _repeats(dataset, found)
+    bucketing = bucketing_for(dataset)
+    images = []
+    for (index, image), count in zip(found, repeats, strict=True):
+        bucket, resized = bucketing.fit(image.size)
+        if min(bucket) < 1:
+            width, height = image.size
+            problems.append(f"{dataset.subsets[index].key_path}: image {image.path} ({width}x{height}) is "
+                            f"too small for bucket_reso_steps={dataset.bucket_reso_steps}")
+            continue
+        images.append(ImagePlan(str(image.path), image.caption, image.size, bucket, resized,
+                                crop_top_left(bucket, image.size, flipped=False), count, index,
+                                dataset.subsets[index].is_reg))
+    samples = Counter()
+    for image in images:
+        samples[image.bucket] += image.repeats
+    buckets = tuple(sorted((b, n) for b, n in samples.items() if n > 0))
+    batches = sum(math.ceil(n / dataset.batch_size) for _, n in buckets)
+    train = sum(s.num_images * max(0, s.num_repeats) for s in subsets if not s.is_reg)
+    reg = sum(s.num_images * max(0, s.num_repeats) for s in subsets if s.is_reg)
+    if train == 0 and not problems:
+        problems.append(f"{dataset.key_path or '--train_data_dir'}: no training images (only "
+                        "regularisation images or none at all)")
+    return DatasetPlan(dataset, tuple(subsets), tuple(images), train, reg, buckets, batches), problems
+
+
+def _repeats(dataset: DatasetConfig, found: list[tuple[int, FoundImage]]) -> list[int]:
+    """Repeats per found image: the subset's, balanced for regularisation images; 0 when num_repeats < 1."""
+    subsets = dataset.subsets
+    own = [max(0, subsets[i].num_repeats) for i, _ in found]
+    is_reg = [subsets[i].is_reg for i, _ in found]
+    num_train = sum(r for r, reg in zip(own, is_reg, strict=True) if not reg)
+    reg_positions = [k for k, reg in enumerate(is_reg) if reg]
+    num_reg = sum(own[k] for k in reg_positions)
+    if num_reg > num_train:
+        logger.warning("%s: %d regularisation samples but %d training samples per epoch; some regularisation "
+                       "images are unused", dataset.key_path or "--reg_data_dir", num_reg, num_train)
+    balanced = balance_reg_repeats([own[k] for k in reg_positions if own[k] > 0], num_train)
+    counts = list(own)
+    usable = iter(balanced)
+    for k in reg_positions:
+        counts[k] = next(usable) if own[k] > 0 else 0
+    return counts

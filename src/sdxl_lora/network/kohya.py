@@ -1,0 +1,131 @@
+"""Kohya-format LoRA state dicts (spec 3.2, 3.4) from and into peft adapters, and atomic safetensors writing.
+
+Per module: `<kohya name>.lora_down.weight` (peft lora_A), `.lora_up.weight` (lora_B) and `.alpha`, a 0-dim
+tensor holding the module's true lora_alpha (float32, or save_dtype when given, as sd-scripts does).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import save_file
+
+from sdxl_lora.network.keys import kohya_name, parse_kohya_name
+from sdxl_lora.network.lora import LoraHandles, lora_layers
+
+DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+
+
+def _named_layers(handles: LoraHandles) -> dict[str, LoraLayer]:
+    """Kohya module name -> peft LoRA layer, for every adapted module of every component."""
+    named = {}
+    for component, model in handles.models.items():
+        for path, layer in lora_layers(model, handles.adapter_name):
+            name = kohya_name(component, path)
+            if name in named:
+                raise ValueError(f"two modules share the kohya name {name!r}")
+            named[name] = layer
+    return named
+
+
+def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    out = tensor.detach().to("cpu", copy=True)
+    return (out if dtype is None else out.to(dtype)).contiguous()
+
+
+def kohya_state_dict(
+    handles: LoraHandles, *, save_dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The adapters as a kohya LoRA state dict, on CPU; weights in their training dtype unless save_dtype."""
+    name_ = handles.adapter_name
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in _named_layers(handles).items():
+        state[name + DOWN] = _export(layer.lora_A[name_].weight, save_dtype)
+        state[name + UP] = _export(layer.lora_B[name_].weight, save_dtype)
+        alpha = torch.tensor(float(layer.lora_alpha[name_]), dtype=torch.float32)
+        state[name + ALPHA] = _export(alpha, save_dtype)
+    return state
+
+
+def _canonical(key: str) -> tuple[str, str] | None:
+    """(our kohya module name, suffix) of a file key, or None when the key is not a kohya LoRA key."""
+    suffix = next((s for s in (DOWN, UP, ALPHA) if key.endswith(s)), None)
+    if suffix is None:
+        return None
+    try:
+        component, path = parse_kohya_name(key[: -len(suffix)])
+        return kohya_name(component, path), suffix
+    except KeyError:
+        return None
+
+
+def _check_alpha(name: str, layer: LoraLayer, adapter: str, value: torch.Tensor) -> str | None:
+    ours = torch.tensor(float(layer.lora_alpha[adapter]), dtype=torch.float32).to(value.dtype)
+    if value.numel() == 1 and torch.equal(value.reshape(()).cpu(), ours):
+        return None
+    return f"{name}{ALPHA}: file has {value.reshape(-1)[:1].tolist()}, the network has {float(ours)}"
+
+
+def _plan(handles: LoraHandles, state_dict: dict[str, torch.Tensor]) -> tuple[list, list[str]]:
+    """Pair each file tensor with its destination; collect every problem (unknown, missing, shape, alpha)."""
+    named, adapter = _named_layers(handles), handles.adapter_name
+    copies, problems, seen = [], [], set()
+    for key, value in state_dict.items():
+        parsed = _canonical(key)
+        if parsed is None or parsed[0] not in named:
+            problems.append(f"unknown key {key}")
+            continue
+        name, suffix = parsed
+        seen.add(name + suffix)
+        layer = named[name]
+        if suffix == ALPHA:
+            problems.append(_check_alpha(name, layer, adapter, value))
+            continue
+        param = (layer.lora_A if suffix == DOWN else layer.lora_B)[adapter].weight
+        if tuple(value.shape) != tuple(param.shape):
+            problems.append(f"{key}: shape {tuple(value.shape)} in the file, "
+                            f"{tuple(param.shape)} in the network")
+        copies.append((param, value))
+    missing = [n + s for n in named for s in (DOWN, UP, ALPHA) if n + s not in seen]
+    problems += [f"missing key {k}" for k in missing]
+    return copies, [p for p in problems if p]
+
+
+def load_kohya_into(handles: LoraHandles, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy a kohya LoRA state dict into the adapters; raise listing every unknown/missing/mismatched key.
+
+    U-Net names may be in SGM or diffusers layout. Alphas must equal the network's (the scale is fixed when
+    the adapter is built), so a file trained with another alpha is refused, not loaded at a wrong scale.
+    """
+    copies, problems = _plan(handles, state_dict)
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(f"LoRA weights do not fit the network ({len(problems)} problems):\n  {shown}{more}")
+    with torch.no_grad():
+        for param, value in copies:
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def save_lora_file(
+    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Path:
+    """Write a safetensors file with metadata: to a temporary file beside it, then renamed into place."""
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata values must be str; not so for {bad}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Named by hand rather than mkstemp, so that the file gets the usual (umask) permissions.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

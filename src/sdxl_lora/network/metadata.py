@@ -1,0 +1,142 @@
+"""`ss_*`, `sshs_*` and `modelspec.*` metadata of a saved LoRA (spec 4), from plain values.
+
+All values are strings, as sd-scripts writes them: str() of Python values ("None", "True", "(1024, 1024)"),
+JSON for nested structures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+
+import torch
+
+from sdxl_lora import __version__
+
+ARCHITECTURE = "stable-diffusion-xl-v1-base/lora"
+IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
+BASE_MODEL_VERSION = "sdxl_base_v1-0"
+# Options recorded verbatim as ss_<name> (spec 4.1).
+_ARG_KEYS = (
+    "output_name", "learning_rate", "unet_lr", "gradient_checkpointing", "gradient_accumulation_steps",
+    "max_train_steps", "lr_warmup_steps", "lr_scheduler", "network_module", "network_dim", "network_alpha",
+    "network_dropout", "mixed_precision", "full_fp16", "v2", "clip_skip", "max_token_length", "cache_latents",
+    "seed", "lowram", "noise_offset", "multires_noise_iterations", "multires_noise_discount",
+    "adaptive_noise_scale", "zero_terminal_snr", "training_comment", "max_grad_norm", "caption_dropout_rate",
+    "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "face_crop_aug_range", "prior_loss_weight",
+    "min_snr_gamma", "scale_weight_norms", "ip_noise_gamma", "noise_offset_random_strength",
+    "ip_noise_gamma_random_strength", "loss_type", "huber_schedule", "huber_scale", "huber_c", "fp8_base",
+    "fp8_base_unet", "validation_seed", "validation_split", "max_validation_steps", "validate_every_n_epochs",
+    "validate_every_n_steps", "resize_interpolation",
+)
+_MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
+                 "ss_network_args")
+_MODELSPEC_ARGS = ("description", "author", "license", "tags", "usage_hint", "thumbnail", "merged_from",
+                   "trigger_phrase", "preprocessor", "is_negative_embedding")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the run computed, as opposed to what the user asked for."""
+
+    session_id: int
+    training_started_at: float
+    num_train_images: int
+    num_reg_images: int
+    num_batches_per_epoch: int
+    num_epochs: int
+    optimizer: str
+    text_encoder_lr: float | None
+    datasets: list = field(default_factory=list)
+    tag_frequency: dict = field(default_factory=dict)
+    dataset_dirs: dict = field(default_factory=dict)
+
+
+def training_metadata(args: dict, facts: RunFacts) -> dict[str, str]:
+    """The ss_* keys fixed for the whole run (spec 4.1); save-time keys are added by `at_save`."""
+    meta = {f"ss_{k}": str(args.get(k)) for k in _ARG_KEYS}
+    meta.update({
+        "ss_session_id": str(facts.session_id),
+        "ss_training_started_at": str(facts.training_started_at),
+        "ss_text_encoder_lr": str(facts.text_encoder_lr),
+        "ss_num_train_images": str(facts.num_train_images),
+        "ss_num_validation_images": "0",
+        "ss_num_reg_images": str(facts.num_reg_images),
+        "ss_num_batches_per_epoch": str(facts.num_batches_per_epoch),
+        "ss_num_epochs": str(facts.num_epochs),
+        "ss_base_model_version": BASE_MODEL_VERSION,
+        "ss_optimizer": facts.optimizer,
+        "ss_debiased_estimation": str(bool(args.get("debiased_estimation_loss"))),
+        "ss_sd_scripts_commit_hash": f"(sdxl-lora {__version__})",
+        "ss_datasets": json.dumps(facts.datasets),
+        "ss_tag_frequency": json.dumps(facts.tag_frequency),
+        "ss_dataset_dirs": json.dumps(facts.dataset_dirs),
+        "ss_sd_model_name": _basename(args.get("pretrained_model_name_or_path")),
+    })
+    if args.get("network_args"):
+        meta["ss_network_args"] = json.dumps(dict(a.split("=", 1) for a in args["network_args"]))
+    if args.get("vae"):
+        meta["ss_vae_name"] = _basename(args["vae"])
+    if args.get("no_metadata"):
+        meta = {k: v for k, v in meta.items() if k in _MINIMUM_KEYS}
+    return meta
+
+
+def at_save(base: dict[str, str], args: dict, *, steps: int, epoch: int, now: float) -> dict[str, str]:
+    """Per-file keys: ss_steps, ss_epoch, ss_training_finished_at and the modelspec.* block (spec 4.1, 4.3)."""
+    meta = dict(base)
+    if not args.get("no_metadata"):
+        meta.update({"ss_training_finished_at": str(now), "ss_steps": str(steps), "ss_epoch": str(epoch)})
+    meta.update(modelspec(args, now))
+    return meta
+
+
+def modelspec(args: dict, now: float) -> dict[str, str]:
+    """ModelSpec 1.0.1 keys for an SDXL LoRA."""
+    title = args.get("metadata_title") or args.get("output_name") or f"LoRA@{now}"
+    spec = {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": ARCHITECTURE,
+        "modelspec.implementation": IMPLEMENTATION,
+        "modelspec.implementation_version": f"sdxl-lora/{__version__}",
+        "modelspec.title": title,
+        "modelspec.resolution": _resolution(args.get("resolution")),
+        "modelspec.date": datetime.datetime.fromtimestamp(now).replace(microsecond=0).isoformat(),
+        "modelspec.prediction_type": "v" if args.get("v_parameterization") else "epsilon",
+    }
+    if args.get("min_timestep") is not None or args.get("max_timestep") is not None:
+        spec["modelspec.timestep_range"] = f"{args.get('min_timestep') or 0},{args.get('max_timestep') or 1000}"
+    if args.get("clip_skip") is not None:
+        spec["modelspec.encoder_layer"] = str(args["clip_skip"])
+    for key in _MODELSPEC_ARGS:
+        if args.get(f"metadata_{key}") is not None:
+            spec[f"modelspec.{key}"] = str(args[f"metadata_{key}"])
+    return spec
+
+
+def with_sshs_hashes(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """Add sd-webui-additional-networks' hashes (spec 4.2), from an in-memory serialisation with ss_* only."""
+    from safetensors.torch import save
+
+    blob = save(state_dict, metadata={k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header_len = struct.unpack("<Q", blob[:8])[0]
+    out = dict(metadata)
+    out["sshs_model_hash"] = hashlib.sha256(blob[8 + header_len:]).hexdigest()
+    out["sshs_legacy_hash"] = hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
+    return out
+
+
+def _resolution(value) -> str:
+    if not value:
+        return "1024x1024"
+    parts = [int(p) for p in str(value).split(",")]
+    return f"{parts[0]}x{parts[-1]}"
+
+
+def _basename(value) -> str:
+    from pathlib import PurePath
+
+    return PurePath(str(value)).name if value else "None"

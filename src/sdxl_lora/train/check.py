@@ -1,0 +1,55 @@
+"""`sdxl-lora check`: the training plan from the configuration alone, no model loaded."""
+
+from __future__ import annotations
+
+import json
+
+from sdxl_lora.config.schema import RunConfig
+from sdxl_lora.train.steps import plan_steps
+
+
+def build_check(cfg: RunConfig) -> dict:
+    """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning), steps,
+    epochs, what trains and what is saved when."""
+    from sdxl_lora.data.plan import build_plan
+
+    plan = build_plan(cfg.data.datasets)
+    steps = plan_steps(plan.batches_per_epoch, cfg.train.gradient_accumulation_steps,
+                       cfg.train.max_train_steps, cfg.train.max_train_epochs)
+    name = cfg.save.output_name or "last"
+    return {
+        "datasets": [d.to_dict() for d in plan.datasets],
+        "num_train_images": sum(d.num_train_images for d in plan.datasets),
+        "num_reg_images": sum(d.num_reg_images for d in plan.datasets),
+        "batches_per_epoch": steps.batches_per_epoch,
+        "steps_per_epoch": steps.steps_per_epoch,
+        "max_train_steps": steps.max_train_steps,
+        "num_epochs": steps.num_epochs,
+        "trains": {"unet": cfg.network.train_unet, "te1": cfg.network.train_text_encoder,
+                   "te2": cfg.network.train_text_encoder},
+        "saves": [{"when": "end of training", "path": str(cfg.save.output_dir / f"{name}.{cfg.save.save_model_as}")}],
+    }
+
+
+def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
+    """Human-readable plan, or the JSON document with --json."""
+    doc = build_check(cfg)
+    if as_json:
+        return json.dumps(doc, indent=2)
+    lines = []
+    for d in doc["datasets"]:
+        lines.append(f"dataset {d['key_path'] or 0}: resolution {d['resolution'][0]}x{d['resolution'][1]}, "
+                     f"batch size {d['batch_size']}, {d['batches_per_epoch']} batches per epoch")
+        for s in d["subsets"]:
+            kind = "regularisation" if s["is_reg"] else "training"
+            lines.append(f"  {s['image_dir']}: {s['images']} {kind} images x {s['repeats']} repeats")
+        lines.append("  buckets (width x height: samples per epoch):")
+        lines += [f"    {b['width']}x{b['height']}: {b['count']}" for b in d["buckets"]]
+    trains = ", ".join(k.upper() for k, on in doc["trains"].items() if on)
+    lines += [
+        f"training images x repeats: {doc['num_train_images']}; regularisation: {doc['num_reg_images']}",
+        f"steps: {doc['max_train_steps']} ({doc['steps_per_epoch']} per epoch, {doc['num_epochs']} epochs)",
+        f"trains LoRA on: {trains}",
+    ]
+    lines += [f"saves: {s['path']} at {s['when']}" for s in doc["saves"]]
+    return "\n".join(lines)

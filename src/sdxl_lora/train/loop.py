@@ -1,0 +1,218 @@
+"""The training recipe, top to bottom: set up (in dependency order), train, save.
+
+Only this module imports models, network and data together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sdxl_lora.config.schema import RunConfig
+from sdxl_lora.train import loss as losses
+from sdxl_lora.train.noise import noisy_latents, sample_timesteps
+from sdxl_lora.train.optim import build_optimizer, build_scheduler, param_groups
+from sdxl_lora.train.steps import plan_steps, warmup_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports back to the CLI."""
+
+    output_path: Path
+    losses: list[float]
+    steps: int
+    epochs: int
+    models: object = None
+    """The trained models (LoRA applied), for callers that keep working in the same process."""
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Train one LoRA as configured and write it; returns where it went and the per-step losses."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from sdxl_lora.data.dataset import build_train_dataset, collate_first
+    from sdxl_lora.models.load import load_sdxl
+    from sdxl_lora.network.lora import apply_lora
+
+    session_id, started_at = random.randint(0, 2**32), time.time()
+    accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
+                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
+    set_seed(cfg.train.seed)
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.model.mixed_precision]
+
+    # The dataset is built first: its epoch-shuffle seed is drawn right after global seeding (as sd-scripts).
+    dataset = build_train_dataset(cfg.data.datasets, seed=random.randint(0, 2**31),
+                                  prior_loss_weight=cfg.data.prior_loss_weight)
+    models = load_sdxl(cfg.model)
+    frozen = (models.unet, models.vae, models.text_encoder_1, models.text_encoder_2)
+    for module in frozen:
+        module.requires_grad_(False)
+    # Frozen weights go to the training dtype before LoRA is injected, so LoRA params stay float32.
+    models.unet.to(accelerator.device, dtype=weight_dtype)
+    models.vae.to(accelerator.device, dtype=torch.float32 if cfg.model.no_half_vae else weight_dtype)
+    for te in (models.text_encoder_1, models.text_encoder_2):
+        te.to(accelerator.device, dtype=weight_dtype)
+
+    # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
+    if cfg.data.cache_latents:
+        dataset.set_latents(cache_latents(models.vae, dataset, accelerator.device, cfg.data.vae_batch_size))
+        models.vae.to("cpu")
+
+    handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, rank=cfg.network.rank,
+                         alpha=cfg.network.alpha, train_unet=cfg.network.train_unet,
+                         train_text_encoder=cfg.network.train_text_encoder)
+    trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
+    for params in trainable.values():
+        for p in params:
+            p.data = p.data.float()
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(models, cfg.network.train_text_encoder)
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_first,
+                                         num_workers=min(cfg.data.max_data_loader_n_workers, _cpus()),
+                                         persistent_workers=cfg.data.persistent_data_loader_workers
+                                         and cfg.data.max_data_loader_n_workers > 0)
+    plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
+                      cfg.train.max_train_epochs, accelerator.num_processes)
+    optimizer = build_optimizer(cfg.optim, param_groups(cfg.optim, trainable))
+    scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
+                                warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
+    unet, te1, te2, optimizer, loader, scheduler = accelerator.prepare(
+        models.unet, models.text_encoder_1, models.text_encoder_2, optimizer, loader, scheduler)
+    _log_plan(plan, dataset, trainable)
+
+    from sdxl_lora.train.save import RunSaver
+
+    saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
+                     optimizer=optimizer)
+    alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
+    step_losses: list[float] = []
+    progress = _progress(plan.max_train_steps, accelerator.is_main_process)
+    global_step = 0
+    for epoch in range(plan.num_epochs):
+        dataset.set_epoch(epoch)
+        unet.train()
+        for batch in loader:
+            with accelerator.accumulate(unet, te1, te2):
+                latents = batch_latents(batch, models.vae, accelerator.device, weight_dtype)
+                context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
+                time_ids = size_conditioning(batch).to(accelerator.device, weight_dtype)
+                noise = torch.randn_like(latents)
+                timesteps = sample_timesteps(latents.shape[0], 0, 1000, latents.device)
+                noisy = noisy_latents(alphas_cumprod, latents, noise, timesteps)
+                with accelerator.autocast():
+                    pred = unet(noisy.to(weight_dtype), timesteps, context.to(weight_dtype),
+                                added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids}
+                                ).sample
+                per_sample = losses.per_sample_l2(pred, noise, batch.get("alpha_masks"))
+                loss = losses.weighted_mean(per_sample, batch["loss_weights"].to(accelerator.device))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
+                                                cfg.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            step_losses.append(loss.detach().item())  # a device sync point, once per optimizer step
+            progress.update(1)
+            progress.set_postfix(loss=f"{_recent_mean(step_losses):.4f}", epoch=f"{epoch + 1}/{plan.num_epochs}")
+            if global_step >= plan.max_train_steps:
+                break
+        if global_step >= plan.max_train_steps:
+            break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    path = saver.save_final(steps=global_step, epochs=plan.num_epochs) if accelerator.is_main_process else None
+    accelerator.end_training()
+    return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
+
+
+def batch_latents(batch: dict, vae, device, dtype) -> torch.Tensor:
+    """Scaled latents of a batch: from the cache, or encoded now with the frozen VAE (spec 5.2)."""
+    if "latents" in batch:
+        latents = batch["latents"].to(device)
+    else:
+        with torch.no_grad():
+            images = batch["images"].to(device, dtype=vae.dtype)
+            latents = vae.encode(images).latent_dist.sample()
+    latents = torch.nan_to_num(latents.float(), nan=0.0)
+    return (latents * vae.config.scaling_factor).to(dtype)
+
+
+def cache_latents(vae, dataset, device, batch_size: int) -> dict:
+    """Encode every distinct image once (raw latent_dist.sample(), unscaled), kept on the CPU."""
+    cache = {}
+    with torch.no_grad():
+        for keys, images in dataset.iter_images_for_cache(batch_size):
+            out = vae.encode(images.to(device, dtype=vae.dtype)).latent_dist.sample().float().cpu()
+            cache.update(zip(keys, out, strict=True))
+    return cache
+
+
+def encode_text(captions: list[str], models, te1, te2, cfg: RunConfig):
+    """SDXL context and pooled embedding; gradients flow only when text-encoder LoRA is trained."""
+    from sdxl_lora.models.text import encode, tokenize
+
+    ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
+    device = next(te1.parameters()).device
+    with torch.set_grad_enabled(cfg.network.train_text_encoder):
+        return encode(te1, te2, ids1.to(device), ids2.to(device))
+
+
+def size_conditioning(batch: dict) -> torch.Tensor:
+    """SDXL micro-conditioning (spec 5.6): [orig_h, orig_w, crop_top, crop_left, target_h, target_w]."""
+    from sdxl_lora.models.text import size_time_ids
+
+    return size_time_ids(batch["original_size_hw"], batch["crop_top_left"], batch["target_size_hw"])
+
+
+def enable_gradient_checkpointing(models, text_encoders: bool) -> None:
+    """Recompute activations in backward: U-Net always, text encoders only when they train."""
+    models.unet.enable_gradient_checkpointing()
+    if text_encoders:
+        for te in (models.text_encoder_1, models.text_encoder_2):
+            te.gradient_checkpointing_enable()
+            te.train()
+
+
+def _log_plan(plan, dataset, trainable) -> None:
+    counts = {k: sum(p.numel() for p in v) for k, v in trainable.items()}
+    log.info("batches per epoch %d, %d optimizer steps over %d epochs; trainable LoRA parameters %s",
+             plan.batches_per_epoch, plan.max_train_steps, plan.num_epochs, counts)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="steps", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+
+
+def _recent_mean(values: list[float], window: int = 20) -> float:
+    tail = values[-window:]
+    return sum(tail) / len(tail)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def loss_summary(step_losses: list[float]) -> tuple[float, float]:
+    """Mean loss of the first and last tenth of the run (at least one step each)."""
+    n = max(1, math.ceil(len(step_losses) / 10))
+    return sum(step_losses[:n]) / n, sum(step_losses[-n:]) / n

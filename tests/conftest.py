@@ -1,0 +1,39 @@
+"""Shared fixtures: the tiny SDXL model is built once per test session (about 10 s)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight SDXL saved as a diffusers folder."""
+    from sdxl_lora.models.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+def make_images(folder: Path, sizes: list[tuple[int, int]], caption_ext: str = ".txt", seed: int = 0) -> Path:
+    """Write small random PNGs (and captions 'image N') into folder."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+        if caption_ext:
+            (folder / f"img{i:02d}{caption_ext}").write_text(f"image {i}, a test picture\n", encoding="utf-8")
+    return folder
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,84 @@
+"""The real CLI trains from every model format a user may have: the same tiny SDXL as a diffusers folder, a
+single .safetensors file and a cached hub id gives the same losses; a file that is not SDXL is one line."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import make_images, write_toml
+from sdxl_lora.cli import main
+from sdxl_lora.models.single_file import write_single_file
+from sdxl_lora.train import loop
+
+REVISION = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("formats")
+    images = make_images(tmp / "images", [(64, 64)])
+    return write_toml(tmp / "dataset.toml", (
+        "[general]\nenable_bucket = false\n[[datasets]]\nresolution = 64\nbatch_size = 1\n"
+        f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n"))
+
+
+def _train(model, dataset, out, monkeypatch):
+    """Two steps of the real CLI (the second one after an update); returns the run's per-step losses."""
+    captured = {}
+    real_run = loop.run
+
+    def keep(cfg):
+        captured["result"] = real_run(cfg)
+        return captured["result"]
+
+    monkeypatch.setattr(loop, "run", keep)
+    code = main([f"--pretrained_model_name_or_path={model}", f"--dataset_config={dataset}", f"--output_dir={out}",
+                 "--output_name=lora", "--network_module=networks.lora", "--network_dim=4", "--network_alpha=2",
+                 "--learning_rate=1e-3", "--optimizer_type=AdamW", "--seed=3", "--max_train_steps=2",
+                 "--max_data_loader_n_workers=0", "--network_train_unet_only"])
+    assert code == 0
+    assert (out / "lora.safetensors").is_file()
+    return captured["result"].losses
+
+
+@pytest.fixture(scope="module")
+def folder_losses(tiny_model_dir, dataset, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        losses = _train(tiny_model_dir, dataset, tmp_path_factory.mktemp("out_folder"), mp)
+    assert len(losses) == 2
+    return losses
+
+
+def test_single_file_trains_exactly_like_the_folder(tiny_model_dir, dataset, folder_losses, tmp_path, monkeypatch):
+    model = write_single_file(tiny_model_dir, tmp_path / "tiny.safetensors")
+    assert _train(model, dataset, tmp_path / "out", monkeypatch) == folder_losses
+
+
+def test_cached_hub_id_trains_exactly_like_the_folder(tiny_model_dir, dataset, folder_losses, tmp_path, monkeypatch):
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-sdxl"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / REVISION)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    assert _train("someone/tiny-sdxl", dataset, tmp_path / "out", monkeypatch) == folder_losses
+
+
+@pytest.mark.parametrize("keys, words", [
+    (["lora_unet_input_blocks_4_1_proj_in.lora_down.weight"], "a LoRA file"),
+    (["cond_stage_model.transformer.text_model.final_layer_norm.weight", "model.diffusion_model.out.2.weight"],
+     "an SD 1.x checkpoint"),
+])
+def test_cli_names_a_wrong_file_in_one_line(tmp_path, dataset, capsys, keys, words):
+    path = tmp_path / "wrong.safetensors"
+    save_file({k: torch.zeros(1) for k in keys}, path)
+    code = main([f"--pretrained_model_name_or_path={path}", f"--dataset_config={dataset}",
+                 f"--output_dir={tmp_path / 'out'}", "--network_module=networks.lora", "--seed=1"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert "--pretrained_model_name_or_path" in lines[0] and str(path) in lines[0] and words in lines[0]
