@@ -1,0 +1,64 @@
+"""`sdxl-lora check`: the plan for a mixed-aspect dataset, checked against a hand calculation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_images, write_toml
+
+from sdxl_lora.cli import main
+
+# Resolution 1024, bucket_reso_steps 64, min 256, max 1024 (sd-scripts defaults), max_area = 1024*1024.
+# Bucket widths w = 256..1024: h = min(1024, floor((max_area // w) / 64) * 64), e.g. w=704 -> 1489 -> 1472 -> 1024,
+# so the list holds (w, 1024) and (1024, w) for every w, plus (1024, 1024).
+# 1536x1024 (aspect 1.5): nearest bucket aspect is 1024/704 = 1.4545 (1024/640 = 1.6 is further) -> 1024x704;
+#   it is wider than the bucket, so scale = 704/1024 and resized = (1056, 704).
+#   crop conditioning (spec 2.8): bucket aspect 1.4545 < 1.5 -> fit by width: fw = 1024, fh = 682.67,
+#   top = floor((704 - 682.67) / 2) = 10, left = 0.
+# 768x1344 (0.5714): 576/1024 = 0.5625 beats 640/1024 = 0.625 -> 576x1024.
+# 1024x1536 (0.6667): 704/1024 = 0.6875 beats 640/1024 = 0.625 -> 704x1024.
+# 1024x1024 is itself a bucket.
+SIZES = [(1536, 1024), (1024, 1024), (768, 1344), (1024, 1536)]
+EXPECTED_BUCKETS = {(1024, 704): 3, (1024, 1024): 3, (576, 1024): 3, (704, 1024): 3}  # 3 repeats each
+
+
+@pytest.fixture
+def argv(tmp_path, tiny_model_dir):
+    images = make_images(tmp_path / "img", SIZES)
+    toml = write_toml(tmp_path / "ds.toml", (
+        "[general]\nenable_bucket = true\n[[datasets]]\nresolution = 1024\nbatch_size = 2\n"
+        f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n"
+        "  num_repeats = 3\n"))
+    return [f"--pretrained_model_name_or_path={tiny_model_dir}", f"--dataset_config={toml}",
+            f"--output_dir={tmp_path / 'out'}", "--output_name=mix", "--network_module=networks.lora",
+            "--max_train_epochs=2", "--network_train_unet_only", "--seed=3"]
+
+
+def test_check_json_matches_hand_calculation(argv, capsys, monkeypatch):
+    import sdxl_lora.models.load as load
+
+    monkeypatch.setattr(load, "load_sdxl", lambda *_: pytest.fail("check must not load the model"))
+    assert main(["check", "--json", *argv]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (ds,) = doc["datasets"]
+    assert {(b["width"], b["height"]): b["count"] for b in ds["buckets"]} == EXPECTED_BUCKETS
+    # 4 buckets x ceil(3 / 2) batches = 8 per epoch; 2 epochs -> 16 steps.
+    assert ds["batches_per_epoch"] == 8 and doc["steps_per_epoch"] == 8
+    assert doc["max_train_steps"] == 16 and doc["num_epochs"] == 2
+    assert doc["num_train_images"] == 12 and doc["num_reg_images"] == 0
+    assert ds["subsets"][0]["images"] == 4 and ds["subsets"][0]["repeats"] == 3
+    assert doc["trains"] == {"unet": True, "te1": False, "te2": False}
+    wide = next(i for i in ds["images"] if i["path"].endswith("img00.png"))
+    assert wide["original_size"] == [1536, 1024] and wide["bucket"] == [1024, 704]
+    assert wide["resized_size"] == [1056, 704] and wide["crop_top_left"] == [10, 0]
+    assert wide["target_size"] == [1024, 704]
+    assert doc["saves"][0]["path"].endswith("mix.safetensors")
+
+
+def test_check_text_report(argv, capsys):
+    assert main(["check", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "1024x704: 3" in out and "576x1024: 3" in out
+    assert "steps: 16 (8 per epoch, 2 epochs)" in out
+    assert "4 training images x 3 repeats" in out
