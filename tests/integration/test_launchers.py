@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_images, write_toml
 from safetensors import safe_open
+
+from conftest import make_images, write_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
