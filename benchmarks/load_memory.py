@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 CASES = {
-    "fp16 (file dtype), mmap": dict(mixed_precision="fp16"),
-    "bf16 (cast per tensor), mmap": dict(mixed_precision="bf16"),
+    "fp16 (the file dtype)": dict(mixed_precision="fp16"),
+    "bf16 (cast tensor by tensor)": dict(mixed_precision="bf16"),
     "fp16, --disable_mmap_load_safetensors": dict(mixed_precision="fp16", disable_mmap_load_safetensors=True),
 }
 

@@ -1,7 +1,8 @@
 """argv -> config -> train.loop.run(cfg). Exit codes: 0 done, 2 bad input (one line per problem), 130 interrupted.
 
 Subcommands: `train` (the default, so sd-scripts command lines run unchanged), `check` (validate and print the
-plan without loading any model), `tiny-model OUT_DIR` (write a tiny random SDXL to smoke-test an install).
+plan without loading any model), `tiny-model OUT_DIR` (write a tiny random SDXL to smoke-test an install),
+`convert SRC DST` (diffusers folder <-> single SGM-layout file).
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from sdxl_lora.config.errors import UserInputError
+from sdxl_lora.config.errors import ConfigError, UserInputError
 
-COMMANDS = ("train", "check", "tiny-model")
+COMMANDS = ("train", "check", "tiny-model", "convert")
 log = logging.getLogger("sdxl_lora")
 
 
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "tiny-model":
             return _tiny_model(argv)
+        if command == "convert":
+            return _convert(argv)
         return _train_or_check(command, argv)
     except UserInputError as err:
         for problem in err.problems:
@@ -80,12 +83,39 @@ def _tiny_model(argv: list[str]) -> int:
     return 0
 
 
+def _convert(argv: list[str]) -> int:
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="sdxl-lora convert",
+        description="Convert an SDXL diffusers folder to one SGM-layout file (.safetensors/.ckpt) or back.")
+    parser.add_argument("source", type=Path, help="diffusers folder, or a single-file checkpoint")
+    parser.add_argument("target", type=Path, help="output file (from a folder) or output folder (from a file)")
+    parser.add_argument("--dtype", choices=("float", "fp16", "bf16"), default=None,
+                        help="tensor dtype of a written single file (default: as stored)")
+    args = parser.parse_args(argv)
+    import torch
+
+    from sdxl_lora.models.single_file import convert_to_diffusers, write_single_file
+
+    if args.source.is_dir():
+        dtype = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+        print(f"wrote {write_single_file(args.source, args.target, dtype)}")
+    else:
+        print(f"wrote {convert_to_diffusers(args.source, args.target)}")
+    return 0
+
+
 def setup_logging(values: dict) -> None:
     """--console_log_level / --console_log_file / --console_log_simple."""
     level = getattr(logging, (values.get("console_log_level") or "INFO").upper())
     handler: logging.Handler
     if values.get("console_log_file"):
-        handler = logging.FileHandler(values["console_log_file"], mode="w", encoding="utf-8")
+        try:
+            handler = logging.FileHandler(values["console_log_file"], mode="w", encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"--console_log_file {values['console_log_file']}: {err.strerror}") from None
     else:
         handler = logging.StreamHandler(sys.stdout if values.get("console_log_simple") else sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s" if values.get("console_log_simple")

@@ -39,3 +39,16 @@ def test_tiny_model_command_then_accelerate_launch_trains(tmp_path):
     assert out.exists() and "saved" in run.stdout
     with safe_open(out, "pt") as f:
         assert any(k.startswith("lora_unet_input_blocks_4_1_") for k in f.keys())
+
+
+def test_convert_command_round_trip(tmp_path, tiny_model_dir):
+    from sdxl_lora.cli import main
+
+    single = tmp_path / "tiny.safetensors"
+    assert main(["convert", str(tiny_model_dir), str(single)]) == 0
+    with safe_open(single, "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("model.diffusion_model.input_blocks.") for k in keys)
+    assert any(k.startswith("conditioner.embedders.1.model.") for k in keys)
+    assert main(["convert", str(single), str(tmp_path / "back")]) == 0
+    assert (tmp_path / "back" / "model_index.json").exists()

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import make_images, write_toml
 from sdxl_lora.cli import main
 from sdxl_lora.models.single_file import write_single_file
 from sdxl_lora.train import loop
@@ -19,11 +18,20 @@ REVISION = "89abcdef0123456789abcdef0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
+    """One random 64x64 image with a caption, and a dataset TOML naming it."""
+    from PIL import Image
+
     tmp = tmp_path_factory.mktemp("formats")
-    images = make_images(tmp / "images", [(64, 64)])
-    return write_toml(tmp / "dataset.toml", (
-        "[general]\nenable_bucket = false\n[[datasets]]\nresolution = 64\nbatch_size = 1\n"
-        f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n"))
+    images = tmp / "images"
+    images.mkdir()
+    pixels = torch.randint(0, 255, (64, 64, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    Image.fromarray(pixels.numpy()).save(images / "img.png")
+    (images / "img.txt").write_text("a test picture\n", encoding="utf-8")
+    toml = tmp / "dataset.toml"
+    toml.write_text("[general]\nenable_bucket = false\n[[datasets]]\nresolution = 64\nbatch_size = 1\n"
+                    f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n",
+                    encoding="utf-8")
+    return toml
 
 
 def _train(model, dataset, out, monkeypatch):

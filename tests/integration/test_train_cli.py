@@ -112,3 +112,13 @@ def test_loss_falls_on_one_image(tiny_model_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     first, last = map(float, re.search(r"first ([\d.]+) -> last ([\d.]+)", out).groups())
     assert last < 0.93 * first, out
+
+
+def test_text_encoder_only_writes_only_text_encoder_modules(tiny_model_dir, tmp_path):
+    toml = _dataset(tmp_path, [(64, 64), (64, 64)])
+    code = main(_args(tiny_model_dir, toml, tmp_path / "out", "--max_train_steps=2",
+                      "--network_train_text_encoder_only"))
+    assert code == 0
+    with safe_open(tmp_path / "out" / "tiny_lora.safetensors", "pt") as f:
+        prefixes = {k.split("_text_model")[0] if k.startswith("lora_te") else "unet" for k in f.keys()}
+    assert prefixes == {"lora_te1", "lora_te2"}

@@ -7,7 +7,7 @@ import logging
 import random
 from pathlib import Path
 
-from sdxl_lora.config.dataset_toml import load_datasets, validate_datasets
+from sdxl_lora.config.dataset_toml import read_datasets, validate_datasets
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
@@ -33,11 +33,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
     """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
     values, notes = normalize(values, given)
     problems = unsupported_options(values) + check_rules(values)
-    datasets: tuple = ()
-    try:
-        datasets = load_datasets(_path_or_none(values.get("dataset_config")), values)
-    except ConfigError as err:
-        problems += err.problems
+    datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
+    problems += dataset_problems
     if datasets:
         problems += validate_datasets(datasets, cache_latents=bool(values.get("cache_latents")))
         problems += check_dataset_rules(values, datasets)
@@ -59,8 +56,6 @@ def normalize(values: dict, given: frozenset[str]) -> tuple[dict, list[str]]:
     if v.get("caption_extention") and "caption_extension" not in given:
         v["caption_extension"] = v["caption_extention"]
         notes.append("--caption_extention (legacy spelling) copied to --caption_extension")
-    if not v.get("optimizer_type"):
-        v["optimizer_type"] = "AdamW"
     if v.get("seed") is None:
         v["seed"] = random.randint(0, 2**32 - 1)
         notes.append(f"--seed not given: using {v['seed']}")
@@ -117,7 +112,8 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         prior_loss_weight=float(v.get("prior_loss_weight") if v.get("prior_loss_weight") is not None else 1.0),
     )
     optim = OptimConfig(
-        optimizer_type=v["optimizer_type"], learning_rate=float(v["learning_rate"]), unet_lr=v.get("unet_lr"),
+        optimizer_type=v.get("optimizer_type") or "AdamW", learning_rate=float(v["learning_rate"]),
+        unet_lr=v.get("unet_lr"),
         text_encoder_lr=v["text_encoder_lrs"], max_grad_norm=float(v.get("max_grad_norm") or 0.0),
         lr_scheduler=v.get("lr_scheduler") or "constant", lr_warmup_steps=v.get("lr_warmup_steps") or 0,
     )

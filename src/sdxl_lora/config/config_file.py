@@ -49,7 +49,9 @@ def _read_toml(path: Path) -> dict:
             return tomli.load(file)
     except FileNotFoundError:
         raise ConfigError(f"--config_file: {path} not found") from None
-    except tomli.TOMLDecodeError as error:
+    except IsADirectoryError:
+        raise ConfigError(f"--config_file: {path} is a folder, not a TOML file") from None
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
 
 

@@ -216,24 +216,35 @@ def load_datasets(dataset_config: Path | None, cli: dict[str, object]) -> tuple[
     `cli` maps sd-scripts option names to command-line values (None = not given); they are the fallback below
     [general]. Raises ConfigError listing every problem found.
     """
+    datasets, problems = read_datasets(dataset_config, cli)
+    if problems:
+        raise ConfigError(problems)
+    return datasets
+
+
+def read_datasets(dataset_config: Path | None,
+                  cli: dict[str, object]) -> tuple[tuple[DatasetConfig, ...], list[str]]:
+    """Like load_datasets, but returns the datasets that could be built together with every problem, so that
+    validation can go on checking those datasets (bucket settings, folders) and report everything at once."""
     problems = Problems()
     cli_layer = _cli_layer(cli, problems)
     datasets: tuple[DatasetConfig, ...] = ()
-    if dataset_config is not None:
-        for flag in ("train_data_dir", "reg_data_dir", "in_json"):
-            if cli.get(flag):
-                logger.warning("--%s is ignored because --dataset_config is given", flag)
-        raw = _read_file(Path(dataset_config))
-        datasets = _datasets_from_file(raw, str(dataset_config), cli_layer, problems)
-    elif cli.get("in_json"):
-        problems.add("--in_json: fine-tuning metadata is not supported yet; "
-                     "use --train_data_dir or --dataset_config")
-    elif cli.get("train_data_dir"):
-        datasets = _datasets_from_folders(cli, cli_layer, problems)
-    else:
-        problems.add("no training data: pass --dataset_config or --train_data_dir")
-    problems.raise_if_any()
-    return datasets
+    try:
+        if dataset_config is not None:
+            for flag in ("train_data_dir", "reg_data_dir", "in_json"):
+                if cli.get(flag):
+                    logger.warning("--%s is ignored because --dataset_config is given", flag)
+            raw = _read_file(Path(dataset_config))
+            datasets = _datasets_from_file(raw, str(dataset_config), cli_layer, problems)
+        elif cli.get("in_json"):
+            pass  # --in_json is refused as "not supported yet" by the option table
+        elif cli.get("train_data_dir"):
+            datasets = _datasets_from_folders(cli, cli_layer, problems)
+        else:
+            problems.add("no training data: pass --dataset_config or --train_data_dir")
+    except ConfigError as err:
+        problems.extend(err.problems)
+    return tuple(d for d in datasets if d is not None), problems.items
 
 
 def parse_dreambooth_folder(name: str) -> tuple[int, str] | None:
@@ -338,6 +349,8 @@ def _build_dataset(subsets: list[SubsetConfig], layers: list[Layer], cli_layer: 
                    default_origin, problems: Problems) -> DatasetConfig | None:
     values, origins = _resolved(DatasetConfig, layers, cli_layer, default_origin)
     if values["resolution"] is None:
+        if any("resolution: expected" in p for p in problems.items):
+            return None  # present but of the wrong type: already reported
         problems.add(f"{origins['resolution']}: missing; set resolution in [[datasets]] or [general], or "
                      "pass --resolution" if key_path else "--resolution: missing; pass --resolution W,H or S")
         return None
@@ -493,6 +506,9 @@ def _dataset_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
 
 def _bucket_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
     steps = ds.bucket_reso_steps
+    small = [k for k in ("min_bucket_reso", "max_bucket_reso") if getattr(ds, k) < 1]
+    if small:
+        return [f"{ds.where(k)}={getattr(ds, k)}: must be positive" for k in small]
     if steps < 1 or (sdxl and steps % 32):
         return [f"{ds.where('bucket_reso_steps')}={steps}: must be a multiple of 32 for SDXL"]
     if ds.bucket_no_upscale:  # min/max are ignored in this mode

@@ -5,12 +5,16 @@ Every message names the flag(s). Rules that also need the datasets take them as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from pathlib import Path
 
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.sources import detect_source
 
 SUPPORTED_NETWORK_MODULES = ("networks.lora",)
+OPTIMIZERS_WORKING = ("adamw",)
+SCHEDULERS_WORKING = ("constant", "constant_with_warmup", "cosine", "linear")
 ADAPTIVE_LR_OPTIMIZERS = ("dadaptation", "dadaptadampreprint", "dadaptadagrad", "dadaptadam", "dadaptadan",
                           "dadaptanip", "dadaptlion", "dadaptsgd", "dadaptadanip", "prodigy")
 LORAPLUS_KEYS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
@@ -31,8 +35,6 @@ def _required(v: dict) -> list[str]:
         out.append("--network_module is required (use --network_module=networks.lora)")
     elif v["network_module"] not in SUPPORTED_NETWORK_MODULES:
         out.append(f"--network_module={v['network_module']}: only networks.lora is supported")
-    if not v.get("dataset_config") and not v.get("train_data_dir") and not v.get("in_json"):
-        out.append("no dataset: give --dataset_config (a dataset TOML) or --train_data_dir")
     return out
 
 
@@ -44,11 +46,50 @@ def _positive(v: dict) -> list[str]:
     for name in ("max_train_epochs", "network_dim", "save_every_n_epochs", "save_every_n_steps"):
         if v.get(name) is not None and v[name] < 1:
             out.append(f"--{name}={v[name]}: must be at least 1")
-    if v.get("learning_rate") is not None and v["learning_rate"] < 0:
-        out.append(f"--learning_rate={v['learning_rate']}: must not be negative")
-    if v.get("max_data_loader_n_workers") is not None and v["max_data_loader_n_workers"] < 0:
-        out.append("--max_data_loader_n_workers: must not be negative")
+    rates = [("learning_rate", v.get("learning_rate")), ("unet_lr", v.get("unet_lr")),
+             ("text_encoder_lr1", v.get("text_encoder_lr1")), ("text_encoder_lr2", v.get("text_encoder_lr2"))]
+    rates += [("text_encoder_lr", x) for x in v.get("text_encoder_lr") or []]
+    for name in ("max_grad_norm", "prior_loss_weight", "max_data_loader_n_workers", "lr_warmup_steps"):
+        rates.append((name, v.get(name)))
+    for name, value in rates:
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            out.append(f"--{name}={value}: must be a finite number, not negative")
+    if len(v.get("text_encoder_lr") or []) > 2:
+        out.append("--text_encoder_lr: give one value (both encoders) or two (TE1, TE2)")
+    seed = v.get("seed")
+    if seed is not None and not 0 <= seed < 2**32:
+        out.append(f"--seed={seed}: must be in [0, 2^32)")
     return out
+
+
+def _paths(v: dict) -> list[str]:
+    out = []
+    if v.get("output_dir") and Path(v["output_dir"]).exists() and not Path(v["output_dir"]).is_dir():
+        out.append(f"--output_dir {v['output_dir']}: exists and is not a folder")
+    log_file = v.get("console_log_file")
+    if log_file and not Path(log_file).resolve().parent.is_dir():
+        out.append(f"--console_log_file {log_file}: its folder does not exist")
+    return out
+
+
+def _implemented_choices(v: dict) -> list[str]:
+    """Names accepted by the parser (sd-scripts does not restrict them) but not implemented yet."""
+    out = []
+    opt = v.get("optimizer_type") or "AdamW"
+    if opt.lower() not in OPTIMIZERS_WORKING:
+        out.append(f"--optimizer_type {opt}: not supported yet (roadmap: training loop); "
+                   f"available: {', '.join(OPTIMIZERS_WORKING)}")
+    sched = v.get("lr_scheduler") or "constant"
+    if sched not in SCHEDULERS_WORKING:
+        out.append(f"--lr_scheduler {sched}: not supported yet (roadmap: training loop); "
+                   f"available: {', '.join(SCHEDULERS_WORKING)}")
+    return out
+
+
+def _something_trains(v: dict) -> list[str]:
+    if v.get("network_train_unet_only") and v.get("network_train_text_encoder_only"):
+        return ["--network_train_unet_only and --network_train_text_encoder_only together train nothing"]
+    return []
 
 
 def _text_encoder_cache(v: dict) -> list[str]:
@@ -95,7 +136,7 @@ def _optimizer(v: dict) -> list[str]:
     opt = (v.get("optimizer_type") or "").lower()
     if v.get("use_8bit_adam") and (v.get("use_lion_optimizer") or v.get("optimizer_type")):
         out.append("--use_8bit_adam cannot be combined with --optimizer_type or --use_lion_optimizer")
-    if v.get("use_lion_optimizer") and v.get("optimizer_type"):
+    if v.get("use_lion_optimizer") and v.get("optimizer_type") and not v.get("use_8bit_adam"):
         out.append("--use_lion_optimizer cannot be combined with --optimizer_type")
     if v.get("fused_backward_pass"):
         if opt != "adafactor":
@@ -137,8 +178,8 @@ def _loraplus_ratio(network_args) -> bool:
 
 
 RULES: tuple[Callable[[dict], list[str]], ...] = (
-    _required, _positive, _text_encoder_cache, _precision, _noise_and_loss, _optimizer, _scheduler,
-    _logging, _resume,
+    _required, _positive, _paths, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
+    _noise_and_loss, _optimizer, _scheduler, _logging, _resume,
 )
 
 

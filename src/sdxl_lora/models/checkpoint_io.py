@@ -74,7 +74,7 @@ def _open_safetensors(path: Path) -> Checkpoint:
     f = open(path, "rb")  # closed by Checkpoint.close
     try:
         entries, metadata, data_start = _safetensors_header(f, size)
-    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error) as err:  # JSON errors are ValueErrors
         f.close()
         raise ModelLoadError(f"{path}: cannot read it as .safetensors (truncated or corrupt?): {err}") from None
 

@@ -38,13 +38,13 @@ def _variant(folder: Path, dtype: torch.dtype | None) -> str | None:
     return FP16 if has_fp16 and (not has_plain or dtype == torch.float16) else None
 
 
-def stored_dtype(folder: Path) -> torch.dtype:
-    """The dtype the folder's .safetensors weights are stored in (float32 when it cannot tell)."""
+def stored_dtype(folder: Path, variant: str | None) -> torch.dtype:
+    """The dtype the folder's .safetensors weights (of that variant) are stored in (float32 when it cannot tell)."""
     from safetensors import safe_open
 
     from sdxl_lora.models.checkpoint_io import SAFETENSORS_DTYPES
 
-    for path in sorted(folder.glob("*.safetensors")):
+    for path in sorted(p for p in folder.glob("*.safetensors") if (f".{FP16}." in p.name) == (variant == FP16)):
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 dtype = SAFETENSORS_DTYPES[f.get_slice(key).get_dtype()]
@@ -58,8 +58,8 @@ def load_component(root: Path, component: str, dtype: torch.dtype | None, device
     """One frozen model from `root/<subfolder>`; dtype None keeps the stored dtype; device None means CPU."""
     subfolder = SUBFOLDER[component] if subfolder is None else subfolder
     folder = root / subfolder if subfolder else root
-    dtype = dtype or stored_dtype(folder)
-    kwargs = {"torch_dtype": dtype, "local_files_only": True, "variant": _variant(folder, dtype)}
+    variant = _variant(folder, dtype)
+    kwargs = {"torch_dtype": dtype or stored_dtype(folder, variant), "local_files_only": True, "variant": variant}
     if device is not None and torch.device(device).type != "cpu":
         kwargs["device_map"] = {"": torch.device(device)}
     try:

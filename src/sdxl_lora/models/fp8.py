@@ -65,10 +65,13 @@ class Fp8Conv2d(nn.Conv2d):
                                 self.dilation, self.groups)
 
 
-def store_in_fp8(model: nn.Module, compute: torch.dtype) -> int:
-    """Store every frozen Linear/Conv2d of `model` in float8_e4m3fn, computing in `compute`; returns how many."""
+def store_in_fp8(model: nn.Module, compute: torch.dtype, keep: tuple[str, ...] = ()) -> int:
+    """Store every frozen Linear/Conv2d of `model` but those named in `keep` in float8_e4m3fn, computing in
+    `compute`; returns how many."""
     count = 0
     for name, module in model.named_modules():
+        if name in keep:
+            continue
         if type(module) is nn.Linear:
             fp8_class = Fp8Linear
         elif type(module) is nn.Conv2d and module.padding_mode == "zeros":

@@ -11,7 +11,9 @@ weight dtype W = float32 / float16 / bfloat16 for --mixed_precision no / fp16 / 
 | LoRA (network) | float32; W with --full_fp16 / --full_bf16 (in every column)                                   |
 
 fp8 storage (fp8.py): every Linear/Conv2d keeps its weights in float8_e4m3fn and computes in W; norms and
-embeddings stay in W. (diffusers' layerwise casting cannot be used: its backward pass fails, see fp8.py.)
+embeddings stay in W, and so does the U-Net's conv_in (11.5k weights), because diffusers reports a model's dtype
+as that of its first parameter and pipelines cast latents to it. (diffusers' layerwise casting cannot be used:
+its backward pass fails, see fp8.py.)
 Everything goes to `device` (the loader already put it there with --lowram). `load_sdxl` materializes weights
 straight in these dtypes (fp8 parts in W), so placing costs no extra copy of a model.
 
@@ -33,6 +35,7 @@ from sdxl_lora.models.fp8 import FP8, store_in_fp8
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the layer types peft puts LoRA on
+UNET_KEEP = ("conv_in",)  # stays in W with fp8, so unet.dtype reports W (module docstring)
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,16 @@ def place_models(models, cfg: ModelConfig, device: torch.device | str) -> Placem
         model.requires_grad_(False)
         model.eval()
     move(models.vae, placement.device, placement.vae_dtype)
-    _place(models.unet, placement.unet_dtype, placement)
+    _place(models.unet, placement.unet_dtype, placement, keep=UNET_KEEP)
     for encoder in encoders:
         _place(encoder, placement.text_encoder_dtype, placement)
     return placement
 
 
-def _place(model: nn.Module, storage: torch.dtype, placement: Placement) -> None:
+def _place(model: nn.Module, storage: torch.dtype, placement: Placement, keep: tuple[str, ...] = ()) -> None:
     move(model, placement.device, placement.weight_dtype)
     if storage == FP8:
-        store_in_fp8(model, placement.weight_dtype)
+        store_in_fp8(model, placement.weight_dtype, keep)
     mark_adapter_dtype(model, placement.network_dtype)
 
 

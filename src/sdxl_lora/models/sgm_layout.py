@@ -132,7 +132,7 @@ def vae_layout(levels: int = 4, layers: int = 2) -> Layout:
 
 def te1_layout() -> Layout:
     rules = PrefixMap((("", TE1_ROOT),))
-    return Layout("te1", rules.forward, rules.backward, ignored=frozenset({"text_model.embeddings.position_ids"}))
+    return Layout("te1", rules.forward, rules.backward)
 
 
 def te2_layout(layers: int = 32) -> Layout:
@@ -198,8 +198,9 @@ def to_file_tensors(layout: Layout, tensors: Mapping[str, torch.Tensor]) -> Iter
 
 
 def to_model_tensors(layout: Layout, file_name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """One file tensor (name without prefix) -> its model tensors; [] for names the layout ignores."""
-    if file_name in layout.ignored:
+    """One file tensor (name without prefix) -> its model tensors; [] for names the layout ignores and for
+    `position_ids` buffers (some files carry them; the models derive them)."""
+    if file_name in layout.ignored or file_name.endswith(".position_ids"):
         return []
     if file_name in layout.fused:
         names = layout.fused[file_name]

@@ -57,30 +57,38 @@ def model_shapes(ckpt: Checkpoint, component: str, names: list[str], prefix: str
     """Model-named shapes of one component, from the file header alone (meta tensors, nothing read)."""
     layout = layout_for(component, names)
     return {name: t.shape for file_name in names
-            for name, t in to_model_tensors(layout, file_name, ckpt.meta(prefix + file_name))}
+            for name, t in _to_model(ckpt, layout, file_name, ckpt.meta(prefix + file_name))}
+
+
+def _to_model(ckpt: Checkpoint, layout: Layout, file_name: str, tensor: torch.Tensor) -> list:
+    try:
+        return to_model_tensors(layout, file_name, tensor)
+    except KeyError:
+        raise ModelLoadError(f"{ckpt.path}: its {DESCRIPTION[layout.component]} holds {file_name!r}, which SDXL's "
+                             "layout does not have") from None
 
 
 def load_from_checkpoint(ckpt: Checkpoint, layout: Layout, names: list[str], prefix: str, config: Mapping,
-                         dtype: torch.dtype | None, device: torch.device | str, where: str) -> torch.nn.Module:
+                         dtype: torch.dtype | None, device: torch.device | str) -> torch.nn.Module:
     """Build one component empty and fill it tensor by tensor; a frozen model in eval mode."""
-    component = layout.component
-    model = cfgs.build_empty(component, config)
+    what = f"{ckpt.path}: its {DESCRIPTION[layout.component]}"
+    model = cfgs.build_empty(layout.component, config)
     state: dict[str, torch.Tensor] = {}
     for file_name in names:
         tensor = ckpt.tensor(prefix + file_name)
         if tensor.is_floating_point():
             tensor = tensor.to(device=device, dtype=dtype or tensor.dtype)
-        state.update(to_model_tensors(layout, file_name, tensor))
+        state.update(_to_model(ckpt, layout, file_name, tensor))
     expected = model.state_dict().keys()
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
     if missing or unexpected:
-        raise ModelLoadError(f"{where}: its {DESCRIPTION[component]} does not fit its config: {len(missing)} "
-                             f"missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
+        raise ModelLoadError(f"{what} does not fit its config: {len(missing)} missing (e.g. {missing[:1]}), "
+                             f"{len(unexpected)} unexpected (e.g. {unexpected[:1]})")
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
-        raise ModelLoadError(f"{where}: its {DESCRIPTION[component]} does not fit its config: {detail}") from None
+        raise ModelLoadError(f"{what} does not fit its config: {detail}") from None
     model.requires_grad_(False)
     return model.eval()
 
@@ -88,7 +96,9 @@ def load_from_checkpoint(ckpt: Checkpoint, layout: Layout, names: list[str], pre
 def read_single_file(path: Path, *, dtypes: Mapping[str, torch.dtype | None] | None = None,
                      device: torch.device | str = "cpu", mmap: bool = True, components: Iterable[str] = COMPONENTS,
                      config_dir: Path | None = None) -> dict[str, torch.nn.Module]:
-    """component -> frozen model, read from an SDXL single file; dtype None (or absent) keeps the file's dtype."""
+    """component -> frozen model, read from an SDXL single file; dtype None (or absent) keeps the file's dtype.
+
+    `mmap` applies to .ckpt files only (torch.load); .safetensors tensors are always read, never mapped."""
     path, dtypes, components = Path(path), dict(dtypes or {}), tuple(components)
     with open_checkpoint(path, mmap) as ckpt:
         if problem := content_problem(ckpt.keys):
@@ -98,7 +108,7 @@ def read_single_file(path: Path, *, dtypes: Mapping[str, torch.dtype | None] | N
             raise ModelLoadError(f"{path}: has no {DESCRIPTION[absent[0]]}")
         configs = _configs(ckpt, groups, components, config_dir)
         return {c: load_from_checkpoint(ckpt, layout_for(c, groups[c]), groups[c], FILE_PREFIX[c], configs[c],
-                                        dtypes.get(c), device, str(path)) for c in components}
+                                        dtypes.get(c), device) for c in components}
 
 
 def _configs(ckpt: Checkpoint, groups: dict[str, list[str]], components: tuple[str, ...],
@@ -140,7 +150,7 @@ def read_vae_file(path: Path, dtype: torch.dtype | None, device: torch.device | 
             shapes = model_shapes(ckpt, "vae", names, prefix)
         config = ((cfgs.recorded_configs(ckpt.metadata) or {}).get("vae") or _sibling_vae_config(path)
                   or _inferred(ckpt, cfgs.infer_vae, shapes))
-        return load_from_checkpoint(ckpt, layout, names, prefix, config, dtype, device, str(path))
+        return load_from_checkpoint(ckpt, layout, names, prefix, config, dtype, device)
 
 
 def _sibling_vae_config(path: Path) -> dict | None:

@@ -38,34 +38,35 @@ class RunResult:
 def run(cfg: RunConfig) -> RunResult:
     """Train one LoRA as configured and write it; returns where it went and the per-step losses."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from sdxl_lora.data.dataset import build_train_dataset, collate_first
     from sdxl_lora.models.load import load_sdxl
+    from sdxl_lora.models.precision import place_models
     from sdxl_lora.network.lora import apply_lora
 
     session_id, started_at = random.randint(0, 2**32), time.time()
+    # A second run in the same process (tests, notebooks) may use another precision: forget the previous run's
+    # mixed-precision state; the distributed (process group) state is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.model.mixed_precision]
 
     # The dataset is built first: its epoch-shuffle seed is drawn right after global seeding (as sd-scripts).
     dataset = build_train_dataset(cfg.data.datasets, seed=random.randint(0, 2**31),
                                   prior_loss_weight=cfg.data.prior_loss_weight)
-    models = load_sdxl(cfg.model)
-    frozen = (models.unet, models.vae, models.text_encoder_1, models.text_encoder_2)
-    for module in frozen:
-        module.requires_grad_(False)
-    # Frozen weights go to the training dtype before LoRA is injected, so LoRA params stay float32.
-    models.unet.to(accelerator.device, dtype=weight_dtype)
-    models.vae.to(accelerator.device, dtype=torch.float32 if cfg.model.no_half_vae else weight_dtype)
-    for te in (models.text_encoder_1, models.text_encoder_2):
-        te.to(accelerator.device, dtype=weight_dtype)
+    models = load_sdxl(cfg.model, accelerator.device)
+    # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
+    # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
+    placement = place_models(models, cfg.model, accelerator.device)
+    weight_dtype = placement.weight_dtype
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
     if cfg.data.cache_latents:
-        dataset.set_latents(cache_latents(models.vae, dataset, accelerator.device, cfg.data.vae_batch_size))
+        dataset.set_latents(cache_latents(models.vae, dataset, accelerator.device, cfg.data.vae_batch_size,
+                                          clear_device_cache=not placement.highvram))
         models.vae.to("cpu")
 
     handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, rank=cfg.network.rank,
@@ -74,7 +75,7 @@ def run(cfg: RunConfig) -> RunResult:
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
     for params in trainable.values():
         for p in params:
-            p.data = p.data.float()
+            p.data = p.data.to(placement.network_dtype)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(models, cfg.network.train_text_encoder)
 
@@ -87,8 +88,12 @@ def run(cfg: RunConfig) -> RunResult:
     optimizer = build_optimizer(cfg.optim, param_groups(cfg.optim, trainable))
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
                                 warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
-    unet, te1, te2, optimizer, loader, scheduler = accelerator.prepare(
-        models.unet, models.text_encoder_1, models.text_encoder_2, optimizer, loader, scheduler)
+    optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
+    # Only models that train are prepared (DDP refuses a model without trainable parameters).
+    unet = accelerator.prepare(models.unet) if cfg.network.train_unet else models.unet
+    te1, te2 = models.text_encoder_1, models.text_encoder_2
+    if cfg.network.train_text_encoder:
+        te1, te2 = accelerator.prepare(te1, te2)
     _log_plan(plan, dataset, trainable)
 
     from sdxl_lora.train.save import RunSaver
@@ -105,7 +110,8 @@ def run(cfg: RunConfig) -> RunResult:
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
                 latents = batch_latents(batch, models.vae, accelerator.device, weight_dtype)
-                context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
+                with accelerator.autocast():
+                    context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
                 time_ids = size_conditioning(batch).to(accelerator.device, weight_dtype)
                 noise = torch.randn_like(latents)
                 timesteps = sample_timesteps(latents.shape[0], 0, 1000, latents.device)
@@ -153,13 +159,16 @@ def batch_latents(batch: dict, vae, device, dtype) -> torch.Tensor:
     return (latents * vae.config.scaling_factor).to(dtype)
 
 
-def cache_latents(vae, dataset, device, batch_size: int) -> dict:
-    """Encode every distinct image once (raw latent_dist.sample(), unscaled), kept on the CPU."""
+def cache_latents(vae, dataset, device, batch_size: int, clear_device_cache: bool = True) -> dict:
+    """Encode every distinct image once (raw latent_dist.sample(), unscaled), kept on the CPU.
+    Without --highvram the device cache is cleared after each batch, as sd-scripts does."""
     cache = {}
     with torch.no_grad():
         for keys, images in dataset.iter_images_for_cache(batch_size):
             out = vae.encode(images.to(device, dtype=vae.dtype)).latent_dist.sample().float().cpu()
             cache.update(zip(keys, out, strict=True))
+            if clear_device_cache and torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return cache
 
 

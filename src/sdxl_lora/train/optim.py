@@ -6,8 +6,6 @@ import torch
 
 from sdxl_lora.config.schema import OptimConfig
 
-SCHEDULERS_WORKING = ("constant", "constant_with_warmup", "cosine", "linear")
-
 
 def param_groups(cfg: OptimConfig, params: dict[str, list[torch.nn.Parameter]]) -> list[dict]:
     """One group per trained component: 'unet' at --unet_lr, 'te1'/'te2' at their own text-encoder LR.

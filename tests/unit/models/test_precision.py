@@ -57,7 +57,8 @@ def test_fp8_base_stores_frozen_weights_in_fp8_but_not_norms_or_embeddings(fp8_m
     models, placement, _ = fp8_models
     assert placement.unet_fp8 and placement.text_encoders_fp8
     block = models.unet.down_blocks[1].attentions[0]
-    assert models.unet.conv_in.weight.dtype == FP8
+    assert models.unet.conv_out.weight.dtype == models.unet.down_blocks[0].resnets[0].conv1.weight.dtype == FP8
+    assert models.unet.conv_in.weight.dtype == BF16 and models.unet.dtype == BF16  # pipelines read unet.dtype
     assert block.transformer_blocks[0].attn1.to_q.base_layer.weight.dtype == FP8
     assert block.transformer_blocks[0].ff.net[2].base_layer.weight.dtype == FP8
     assert block.norm.weight.dtype == BF16
@@ -65,6 +66,7 @@ def test_fp8_base_stores_frozen_weights_in_fp8_but_not_norms_or_embeddings(fp8_m
     assert te2.encoder.layers[0].self_attn.q_proj.base_layer.weight.dtype == FP8
     assert te2.embeddings.token_embedding.weight.dtype == te2.embeddings.position_embedding.weight.dtype == BF16
     assert te2.final_layer_norm.weight.dtype == BF16
+    assert models.text_encoder_1.dtype == models.text_encoder_2.dtype == BF16
     assert models.vae.dtype == BF16
 
 
@@ -97,13 +99,13 @@ def test_fp8_training_step_runs_with_finite_loss(fp8_models):
             else:
                 assert all(g is not None and torch.isfinite(g).all() for g in grads), name
                 assert grads[1].abs().sum() > 0, name  # lora_B's grad; lora_A's is 0 while lora_B is 0
-    assert models.unet.conv_in.weight.dtype == FP8  # still stored in fp8 after the step
+    assert models.unet.conv_out.weight.dtype == FP8  # still stored in fp8 after the step
 
 
 def test_fp8_base_unet_keeps_text_encoders_in_the_weight_dtype(tiny_sdxl_dir):
     models, placement = _load_and_place(tiny_sdxl_dir, mixed_precision="fp16", fp8_base_unet=True)
     assert placement.unet_fp8 and not placement.text_encoders_fp8
-    assert models.unet.conv_in.weight.dtype == FP8
+    assert models.unet.conv_out.weight.dtype == FP8
     assert {p.dtype for p in models.text_encoder_1.parameters()} == {F16}
 
 

@@ -231,3 +231,26 @@ def test_file_without_a_vae_needs_vae_flag(tiny_sdxl, tiny_sdxl_dir, files, tmp_
         load_sdxl(ModelConfig(pretrained_model_name_or_path=str(path)))
     models = load_sdxl(ModelConfig(pretrained_model_name_or_path=str(path), vae=str(tiny_sdxl_dir)))
     _assert_same(_states(models), _states(tiny_sdxl))
+
+
+def _with_extra(files, tmp_path, extra):
+    path = tmp_path / "extra.safetensors"
+    with safe_open(files[".safetensors"], "pt") as f:
+        save_file({**{k: f.get_tensor(k) for k in f.keys()}, **extra}, path, metadata=f.metadata())
+    return path
+
+
+def test_position_ids_and_logit_scale_in_a_file_are_skipped(tiny_sdxl, files, tmp_path):
+    path = _with_extra(files, tmp_path, {
+        "conditioner.embedders.0.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],
+        "conditioner.embedders.1.model.text_model.embeddings.position_ids": torch.arange(77)[None],
+        "conditioner.embedders.1.model.logit_scale": torch.tensor(4.6052)})
+    _assert_same({c: m.state_dict() for c, m in read_single_file(path).items()}, _states(tiny_sdxl))
+
+
+def test_a_tensor_sdxl_does_not_have_is_one_line(files, tmp_path):
+    path = _with_extra(files, tmp_path, {"model.diffusion_model.extra_block.weight": torch.zeros(1)})
+    with pytest.raises(ModelLoadError) as err:
+        read_single_file(path)
+    assert str(err.value) == (f"{path}: its U-Net (model.diffusion_model.*) holds 'extra_block.weight', which "
+                              "SDXL's layout does not have")
