@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main([
         f"--pretrained_model_name_or_path={model_dir}", f"--dataset_config={toml}",
         f"--output_dir={work / 'output'}", "--output_name=demo_lora", "--network_module=networks.lora",
-        "--network_dim=8", "--network_alpha=4", "--learning_rate=1e-3", "--optimizer_type=AdamW",
+        "--network_dim=8", "--network_alpha=8", "--learning_rate=5e-3", "--optimizer_type=AdamW",
         "--lr_scheduler=cosine", f"--max_train_steps={args.steps}", "--seed=42", "--mixed_precision=no",
         "--save_model_as=safetensors", "--max_data_loader_n_workers=0", "--cache_latents",
     ])
