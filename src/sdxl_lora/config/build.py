@@ -7,7 +7,8 @@ import logging
 import random
 from pathlib import Path
 
-from sdxl_lora.config.dataset_toml import read_datasets, validate_datasets
+from sdxl_lora.config.dataset_toml import read_datasets
+from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules

@@ -271,7 +271,7 @@ def _read_file(path: Path) -> dict:
     return raw
 
 
-def _show(v: object) -> str:
+def show_value(v: object) -> str:
     return json.dumps(v, default=str, ensure_ascii=False)
 
 
@@ -292,7 +292,7 @@ def _check_table(table: dict, allowed: dict, path: str, file: str, problems: Pro
             try:
                 checked[key] = allowed[key](value)
             except _Wrong as e:
-                problems.add(f"{where}: expected {e.expected}, got {_show(value)}")
+                problems.add(f"{where}: expected {e.expected}, got {show_value(value)}")
         elif key in misplaced[0]:
             problems.add(f"{where}: {key} {misplaced[1]}")
         else:
@@ -313,7 +313,7 @@ def _cli_layer(cli: dict[str, object], problems: Problems) -> dict[str, tuple[ob
         try:
             layer[key] = (check(values[name]), f"--{name}")
         except _Wrong as e:
-            problems.add(f"--{name}: expected {e.expected}, got {_show(values[name])}")
+            problems.add(f"--{name}: expected {e.expected}, got {show_value(values[name])}")
     return layer
 
 
@@ -364,7 +364,7 @@ def _datasets_from_file(raw: dict, file: str, cli_layer: dict, problems: Problem
                          f"{_did_you_mean(key)}")
     general = raw.get("general", {})
     if not isinstance(general, dict):
-        problems.add(f"{file}: general: expected a table, got {_show(general)}")
+        problems.add(f"{file}: general: expected a table, got {show_value(general)}")
         general = {}
     misplaced = (SUBSET_ONLY_KEYS, _IN_SUBSET_ONLY)
     general = _check_table(general, _LEVEL_KEYS, "general", file, problems, misplaced)
@@ -383,7 +383,7 @@ def _datasets_from_file(raw: dict, file: str, cli_layer: dict, problems: Problem
 def _dataset_from_table(table: object, path: str, general: dict, file: str, cli_layer: dict,
                         problems: Problems) -> DatasetConfig | None:
     if not isinstance(table, dict):
-        problems.add(f"{file}: {path}: expected a table, got {_show(table)}")
+        problems.add(f"{file}: {path}: expected a table, got {show_value(table)}")
         return None
     own = {k: v for k, v in table.items() if k != "subsets"}
     checked = _check_table(own, _LEVEL_KEYS, path, file, problems, (SUBSET_ONLY_KEYS, _IN_SUBSET_ONLY))
@@ -396,7 +396,7 @@ def _dataset_from_table(table: object, path: str, general: dict, file: str, cli_
     for j, raw in enumerate(raw_subsets):
         spath = f"{path}.subsets[{j}]"
         if not isinstance(raw, dict):
-            problems.add(f"{file}: {spath}: expected a table, got {_show(raw)}")
+            problems.add(f"{file}: {spath}: expected a table, got {show_value(raw)}")
             continue
         sub = _check_table(raw, _SUBSET_KEYS, spath, file, problems, (_NOT_IN_SUBSET_KEYS, _NOT_IN_SUBSET))
         if "image_dir" not in raw and "metadata_file" not in raw:
@@ -458,106 +458,3 @@ def _datasets_from_folders(cli: dict, cli_layer: dict, problems: Problems) -> tu
         return ()
     dataset = _build_dataset(subsets, [], cli_layer, "", _flag_origin(""), problems)
     return (dataset,) if dataset is not None else ()
-
-
-_NOT_YET = {
-    "shuffle_caption": False, "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0,
-    "caption_tag_dropout_rate": 0.0, "token_warmup_step": 0, "keep_tokens_separator": "",
-    "secondary_separator": None, "color_aug": False, "face_crop_aug_range": None, "metadata_file": None,
-    "conditioning_data_dir": None, "keep_tokens": 0, "token_warmup_min": 1, "cache_info": False,
-}
-"""Subset settings whose non-default values the data pipeline does not implement yet."""
-
-
-def validate_datasets(datasets: tuple[DatasetConfig, ...], *, sdxl: bool = True,
-                      cache_latents: bool) -> list[str]:
-    """Every problem with the resolved datasets (spec 1.17), each naming where the value was set.
-
-    Looks at the file system (image folders) but decodes no image.
-    """
-    problems: list[str] = []
-    for dataset in datasets:
-        problems += _dataset_problems(dataset, sdxl)
-        for subset in dataset.subsets:
-            problems += _subset_problems(subset, cache_latents)
-    return list(dict.fromkeys(problems))  # a [general] value shared by many subsets is reported once
-
-
-def _dataset_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
-    problems = []
-    width, height = ds.resolution
-    if width < 1 or height < 1:
-        problems.append(f"{ds.where('resolution')}={width},{height}: both sides must be positive")
-    elif sdxl and not ds.enable_bucket and (width % 32 or height % 32):
-        # The SDXL U-Net halves the latent (pixels / 8) twice and concatenates skips: sides must divide by 32.
-        problems.append(f"{ds.where('resolution')}={width},{height}: without bucketing both sides must be "
-                        "multiples of 32 for SDXL")
-    if ds.batch_size < 1:
-        problems.append(f"{ds.where('batch_size')}={ds.batch_size}: must be at least 1")
-    if not 0.0 <= ds.validation_split <= 1.0:
-        problems.append(f"{ds.where('validation_split')}={ds.validation_split}: must be between 0 and 1")
-    elif ds.validation_split > 0:
-        problems.append(f"{ds.where('validation_split')}={ds.validation_split}: validation datasets are "
-                        "not supported yet")
-    if ds.enable_bucket:
-        problems += _bucket_problems(ds, sdxl)
-    return problems
-
-
-def _bucket_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
-    steps = ds.bucket_reso_steps
-    small = [k for k in ("min_bucket_reso", "max_bucket_reso") if getattr(ds, k) < 1]
-    if small:
-        return [f"{ds.where(k)}={getattr(ds, k)}: must be positive" for k in small]
-    if steps < 1 or (sdxl and steps % 32):
-        return [f"{ds.where('bucket_reso_steps')}={steps}: must be a multiple of 32 for SDXL"]
-    if ds.bucket_no_upscale:  # min/max are ignored in this mode
-        return []
-    problems = []
-    low, high = ds.bucket_limits()
-    for key, value, rounded in (("min_bucket_reso", ds.min_bucket_reso, low),
-                                ("max_bucket_reso", ds.max_bucket_reso, high)):
-        if rounded != value:
-            logger.warning("%s=%d rounded to %d (bucket_reso_steps)", ds.where(key), value, rounded)
-    width, height = ds.resolution
-    if low > min(width, height):
-        problems.append(f"{ds.where('min_bucket_reso')}={ds.min_bucket_reso} (rounded: {low}): must not "
-                        f"exceed the shorter side of resolution {width}x{height}")
-    if high < max(width, height):
-        problems.append(f"{ds.where('max_bucket_reso')}={ds.max_bucket_reso} (rounded: {high}): must not be "
-                        f"below the longer side of resolution {width}x{height}")
-    return problems
-
-
-def _subset_problems(s: SubsetConfig, cache_latents: bool) -> list[str]:
-    problems = []
-    if s.num_repeats < 1:
-        problems.append(f"{s.where('num_repeats')}={s.num_repeats}: must be at least 1")
-    for key in ("keep_tokens", "caption_dropout_every_n_epochs"):
-        if getattr(s, key) < 0:
-            problems.append(f"{s.where(key)}={getattr(s, key)}: must not be negative")
-    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
-        if not 0.0 <= getattr(s, key) <= 1.0:
-            problems.append(f"{s.where(key)}={getattr(s, key)}: must be between 0 and 1")
-    for key in ("color_aug", "random_crop"):
-        if cache_latents and getattr(s, key):
-            problems.append(f"{s.where(key)}=true: cannot be combined with --cache_latents "
-                            "(latents are encoded once, before any augmentation)")
-    for key, default in _NOT_YET.items():
-        if getattr(s, key) != default:
-            problems.append(f"{s.where(key)}={_show(getattr(s, key))}: not supported yet")
-    if s.custom_attributes.get("diff_output_preservation"):
-        problems.append(f"{s.where('custom_attributes')}.diff_output_preservation: not supported yet")
-    if s.metadata_file is None:
-        problems += _image_dir_problems(s)
-    return problems
-
-
-def _image_dir_problems(s: SubsetConfig) -> list[str]:
-    folder = Path(s.image_dir)
-    if not folder.is_dir():
-        return [f"{s.where('image_dir')}: folder not found: {folder}"]
-    extensions = set(IMAGE_EXTENSIONS) | {e.upper() for e in IMAGE_EXTENSIONS}
-    if not any(p.suffix in extensions and p.is_file() for p in folder.iterdir()):
-        return [f"{s.where('image_dir')}: no images ({' '.join(IMAGE_EXTENSIONS)}) directly in {folder}"]
-    return []

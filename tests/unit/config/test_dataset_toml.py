@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdxl_lora.config.dataset_toml import load_datasets, parse_dreambooth_folder, validate_datasets
+from sdxl_lora.config.dataset_toml import load_datasets, parse_dreambooth_folder
+from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
 
 CLI_DEFAULTS = {  # what sd-scripts' parser gives when nothing is passed

@@ -1,0 +1,115 @@
+"""Checks on resolved datasets (spec 1.17): bucket settings, folders, settings the pipeline does not do yet.
+
+Run during validation, before any model is loaded; looks at the file system but decodes no image.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sdxl_lora.config.dataset_toml import IMAGE_EXTENSIONS, DatasetConfig, SubsetConfig, show_value
+
+logger = logging.getLogger(__name__)
+
+_NOT_YET = {
+    "shuffle_caption": False, "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0,
+    "caption_tag_dropout_rate": 0.0, "token_warmup_step": 0, "keep_tokens_separator": "",
+    "secondary_separator": None, "color_aug": False, "face_crop_aug_range": None, "metadata_file": None,
+    "conditioning_data_dir": None, "keep_tokens": 0, "token_warmup_min": 1, "cache_info": False,
+}
+"""Subset settings whose non-default values the data pipeline does not implement yet."""
+
+
+def validate_datasets(datasets: tuple[DatasetConfig, ...], *, sdxl: bool = True,
+                      cache_latents: bool) -> list[str]:
+    """Every problem with the resolved datasets (spec 1.17), each naming where the value was set.
+
+    Looks at the file system (image folders) but decodes no image.
+    """
+    problems: list[str] = []
+    for dataset in datasets:
+        problems += _dataset_problems(dataset, sdxl)
+        for subset in dataset.subsets:
+            problems += _subset_problems(subset, cache_latents)
+    return list(dict.fromkeys(problems))  # a [general] value shared by many subsets is reported once
+
+
+def _dataset_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
+    problems = []
+    width, height = ds.resolution
+    if width < 1 or height < 1:
+        problems.append(f"{ds.where('resolution')}={width},{height}: both sides must be positive")
+    elif sdxl and not ds.enable_bucket and (width % 32 or height % 32):
+        # The SDXL U-Net halves the latent (pixels / 8) twice and concatenates skips: sides must divide by 32.
+        problems.append(f"{ds.where('resolution')}={width},{height}: without bucketing both sides must be "
+                        "multiples of 32 for SDXL")
+    if ds.batch_size < 1:
+        problems.append(f"{ds.where('batch_size')}={ds.batch_size}: must be at least 1")
+    if not 0.0 <= ds.validation_split <= 1.0:
+        problems.append(f"{ds.where('validation_split')}={ds.validation_split}: must be between 0 and 1")
+    elif ds.validation_split > 0:
+        problems.append(f"{ds.where('validation_split')}={ds.validation_split}: validation datasets are "
+                        "not supported yet")
+    if ds.enable_bucket:
+        problems += _bucket_problems(ds, sdxl)
+    return problems
+
+
+def _bucket_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
+    steps = ds.bucket_reso_steps
+    small = [k for k in ("min_bucket_reso", "max_bucket_reso") if getattr(ds, k) < 1]
+    if small:
+        return [f"{ds.where(k)}={getattr(ds, k)}: must be positive" for k in small]
+    if steps < 1 or (sdxl and steps % 32):
+        return [f"{ds.where('bucket_reso_steps')}={steps}: must be a multiple of 32 for SDXL"]
+    if ds.bucket_no_upscale:  # min/max are ignored in this mode
+        return []
+    problems = []
+    low, high = ds.bucket_limits()
+    for key, value, rounded in (("min_bucket_reso", ds.min_bucket_reso, low),
+                                ("max_bucket_reso", ds.max_bucket_reso, high)):
+        if rounded != value:
+            logger.warning("%s=%d rounded to %d (bucket_reso_steps)", ds.where(key), value, rounded)
+    width, height = ds.resolution
+    if low > min(width, height):
+        problems.append(f"{ds.where('min_bucket_reso')}={ds.min_bucket_reso} (rounded: {low}): must not "
+                        f"exceed the shorter side of resolution {width}x{height}")
+    if high < max(width, height):
+        problems.append(f"{ds.where('max_bucket_reso')}={ds.max_bucket_reso} (rounded: {high}): must not be "
+                        f"below the longer side of resolution {width}x{height}")
+    return problems
+
+
+def _subset_problems(s: SubsetConfig, cache_latents: bool) -> list[str]:
+    problems = []
+    if s.num_repeats < 1:
+        problems.append(f"{s.where('num_repeats')}={s.num_repeats}: must be at least 1")
+    for key in ("keep_tokens", "caption_dropout_every_n_epochs"):
+        if getattr(s, key) < 0:
+            problems.append(f"{s.where(key)}={getattr(s, key)}: must not be negative")
+    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        if not 0.0 <= getattr(s, key) <= 1.0:
+            problems.append(f"{s.where(key)}={getattr(s, key)}: must be between 0 and 1")
+    for key in ("color_aug", "random_crop"):
+        if cache_latents and getattr(s, key):
+            problems.append(f"{s.where(key)}=true: cannot be combined with --cache_latents "
+                            "(latents are encoded once, before any augmentation)")
+    for key, default in _NOT_YET.items():
+        if getattr(s, key) != default:
+            problems.append(f"{s.where(key)}={show_value(getattr(s, key))}: not supported yet")
+    if s.custom_attributes.get("diff_output_preservation"):
+        problems.append(f"{s.where('custom_attributes')}.diff_output_preservation: not supported yet")
+    if s.metadata_file is None:
+        problems += _image_dir_problems(s)
+    return problems
+
+
+def _image_dir_problems(s: SubsetConfig) -> list[str]:
+    folder = Path(s.image_dir)
+    if not folder.is_dir():
+        return [f"{s.where('image_dir')}: folder not found: {folder}"]
+    extensions = set(IMAGE_EXTENSIONS) | {e.upper() for e in IMAGE_EXTENSIONS}
+    if not any(p.suffix in extensions and p.is_file() for p in folder.iterdir()):
+        return [f"{s.where('image_dir')}: no images ({' '.join(IMAGE_EXTENSIONS)}) directly in {folder}"]
+    return []
