@@ -43,7 +43,7 @@ def _train_or_check(command: str, argv: list[str]) -> int:
     if as_json:
         argv = [a for a in argv if a != "--json"]
     parsed = parse_command_line(argv)
-    setup_logging(parsed.values)
+    setup_logging(parsed.values, json_on_stdout=as_json)
     if parsed.output_config_path is not None:
         write_output_config(parsed, parsed.output_config_path)
         print(f"wrote {parsed.output_config_path}")
@@ -107,8 +107,8 @@ def _convert(argv: list[str]) -> int:
     return 0
 
 
-def setup_logging(values: dict) -> None:
-    """--console_log_level / --console_log_file / --console_log_simple."""
+def setup_logging(values: dict, json_on_stdout: bool = False) -> None:
+    """--console_log_level / --console_log_file / --console_log_simple (never on stdout when it carries JSON)."""
     level = getattr(logging, (values.get("console_log_level") or "INFO").upper())
     handler: logging.Handler
     if values.get("console_log_file"):
@@ -117,7 +117,8 @@ def setup_logging(values: dict) -> None:
         except OSError as err:
             raise ConfigError(f"--console_log_file {values['console_log_file']}: {err.strerror}") from None
     else:
-        handler = logging.StreamHandler(sys.stdout if values.get("console_log_simple") else sys.stderr)
+        simple_to_stdout = values.get("console_log_simple") and not json_on_stdout
+        handler = logging.StreamHandler(sys.stdout if simple_to_stdout else sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s" if values.get("console_log_simple")
                                            else "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.handlers[:] = [handler]

@@ -87,7 +87,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("vae", MODEL, "str", None, roadmap=LOADING, status=WORKS,
            help="replacement VAE: Diffusers folder or id, .bin state dict, or LDM-format checkpoint"),
     Option("disable_mmap_load_safetensors", MODEL, "flag", False, roadmap=LOADING, status=WORKS,
-           help="read .safetensors files whole instead of memory-mapping them"),
+           help="read checkpoints whole instead of memory-mapping (.safetensors are always read tensor by tensor)"),
     Option("no_half_vae", MODEL, "flag", False, roadmap=LOADING, status=WORKS,
            help="keep the VAE in float32 under mixed precision (recommended with fp16)"),
     Option("fp8_base", MODEL, "flag", False, roadmap=LOADING, status=WORKS,
