@@ -73,3 +73,19 @@ def test_no_half_vae_keeps_vae_float32(base, monkeypatch):
     result = _train([*base, "--mixed_precision=bf16", "--no_half_vae"], monkeypatch)
     assert result.models.vae.dtype == torch.float32
     assert result.models.unet.dtype == torch.bfloat16
+
+
+def test_gradient_checkpointing_gives_the_same_training(base, monkeypatch):
+    plain = _train([*base, "--max_train_steps=3"], monkeypatch)
+    checkpointed = _train([*base, "--max_train_steps=3", "--gradient_checkpointing"], monkeypatch)
+    assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-4)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(base, monkeypatch, tmp_path):
+    result = _train([*base, "--max_train_steps=2", "--gradient_accumulation_steps=2",
+                     "--lr_scheduler=cosine", "--lr_warmup_steps=1", "--lr_scheduler=constant_with_warmup"],
+                    monkeypatch)
+    assert result.steps == 2 and len(result.losses) == 2
+    with safe_open(tmp_path / "out" / "p.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_gradient_accumulation_steps"] == "2" and meta["ss_steps"] == "2"
