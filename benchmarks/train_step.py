@@ -25,7 +25,6 @@ def main() -> None:
     args.extra = [*args.extra, *unknown]
 
     from conftest import make_images, write_toml
-
     from sdxl_lora.cli import main as cli
     from sdxl_lora.models.tiny import save_tiny_model
 
