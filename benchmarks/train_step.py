@@ -1,7 +1,8 @@
 """Training-step throughput and peak host memory on the tiny SDXL (CPU here; CUDA when present).
 
 Runs the real CLI twice (few and many steps) and reports the time per optimizer step from the difference, so
-model loading and caching drop out. Usage: python benchmarks/train_step.py [--steps 30] [--batch 2] [trainer flags, e.g. --mixed_precision=bf16]
+model loading and caching drop out.
+Usage: python benchmarks/train_step.py [--steps 30] [--batch 2] [trainer flags, e.g. --mixed_precision=bf16]
 """
 
 from __future__ import annotations
