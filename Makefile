@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python -m sdxl_lora.demo --workdir demo_run
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks sdxl_train_network.py
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

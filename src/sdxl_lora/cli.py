@@ -1,4 +1,5 @@
-"""argv -> config -> train.loop.run(cfg). Exit codes: 0 done, 2 bad input (one line per problem), 130 interrupted.
+"""argv -> config -> train.loop.run(cfg). Exit codes: 0 done, 1 training diverged (NaN loss, with a diagnosis),
+2 bad input (one line per problem), 130 interrupted.
 
 Subcommands: `train` (the default, so sd-scripts command lines run unchanged), `check` (validate and print the
 plan without loading any model), `tiny-model OUT_DIR` (write a tiny random SDXL to smoke-test an install),
@@ -11,6 +12,7 @@ import logging
 import sys
 
 from sdxl_lora.config.errors import ConfigError, UserInputError
+from sdxl_lora.train.errors import TrainingDiverged
 
 COMMANDS = ("train", "check", "tiny-model", "convert")
 log = logging.getLogger("sdxl_lora")
@@ -30,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in err.problems:
             print(f"sdxl-lora: error: {problem}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"sdxl-lora: training stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sdxl-lora: interrupted", file=sys.stderr)
         return 130

@@ -89,3 +89,13 @@ def test_gradient_accumulation_counts_optimizer_steps(base, monkeypatch, tmp_pat
     with safe_open(tmp_path / "out" / "p.safetensors", "pt") as f:
         meta = f.metadata()
     assert meta["ss_gradient_accumulation_steps"] == "2" and meta["ss_steps"] == "2"
+
+
+def test_non_finite_loss_stops_with_a_diagnosis(base, monkeypatch, capsys, tmp_path):
+    from sdxl_lora.train import loss as losses
+
+    monkeypatch.setattr(losses, "weighted_mean", lambda per_sample, weights: per_sample.mean() * float("nan"))
+    assert main([*base, "--mixed_precision=no"]) == 1
+    err = capsys.readouterr().err
+    assert "loss is not finite at step 1 " in err and "img0" in err and "--learning_rate" in err
+    assert not (tmp_path / "out" / "p.safetensors").exists()

@@ -16,6 +16,7 @@ import torch
 
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train import loss as losses
+from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.noise import noisy_latents, sample_timesteps
 from sdxl_lora.train.optim import build_optimizer, build_scheduler, param_groups
 from sdxl_lora.train.steps import plan_steps, warmup_steps
@@ -133,6 +134,8 @@ def run(cfg: RunConfig) -> RunResult:
                 continue
             global_step += 1
             step_losses.append(loss.detach().item())  # a device sync point, once per optimizer step
+            if not math.isfinite(step_losses[-1]):
+                raise TrainingDiverged(diagnose_non_finite(global_step, batch, cfg, scheduler.get_last_lr()))
             progress.update(1)
             progress.set_postfix(loss=f"{_recent_mean(step_losses):.4f}", epoch=f"{epoch + 1}/{plan.num_epochs}")
             if global_step >= plan.max_train_steps:
@@ -145,6 +148,19 @@ def run(cfg: RunConfig) -> RunResult:
     path = saver.save_final(steps=global_step, epochs=plan.num_epochs) if accelerator.is_main_process else None
     accelerator.end_training()
     return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
+
+
+def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]) -> str:
+    """One line saying where the loss broke and what usually causes it."""
+    hints = ["lower --learning_rate"]
+    if cfg.model.mixed_precision == "fp16" and not cfg.model.no_half_vae:
+        hints.insert(0, "add --no_half_vae (the SDXL VAE overflows in fp16)")
+    if cfg.model.mixed_precision == "fp16":
+        hints.append("use --mixed_precision bf16 if the GPU supports it")
+    images = ", ".join(str(p) for p in batch.get("paths", []))
+    return (f"loss is not finite at step {step} (learning rates {', '.join(f'{lr:g}' for lr in lrs)}, "
+            f"mixed precision {cfg.model.mixed_precision}, batch: {images}); nothing was saved; try: "
+            + "; ".join(hints))
 
 
 def batch_latents(batch: dict, vae, device, dtype) -> torch.Tensor:
