@@ -37,3 +37,23 @@ def make_images(folder: Path, sizes: list[tuple[int, int]], caption_ext: str = "
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def train_keeping_result(argv: list[str]):
+    """Run the real CLI in-process; returns (exit code, RunResult or None) so a test can inspect the models."""
+    from sdxl_lora.cli import main
+    from sdxl_lora.train import loop
+
+    seen = {}
+    real_run = loop.run
+
+    def keep(cfg):
+        seen["result"] = real_run(cfg)
+        return seen["result"]
+
+    loop.run = keep
+    try:
+        code = main(argv)
+    finally:
+        loop.run = real_run
+    return code, seen.get("result")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import train_keeping_result
 from sdxl_lora.cli import main
 from sdxl_lora.models.single_file import write_single_file
-from sdxl_lora.train import loop
 
 REVISION = "89abcdef0123456789abcdef0123456789abcdef"
 
@@ -34,36 +34,28 @@ def dataset(tmp_path_factory):
     return toml
 
 
-def _train(model, dataset, out, monkeypatch):
+def _train(model, dataset, out):
     """Two steps of the real CLI (the second one after an update); returns the run's per-step losses."""
-    captured = {}
-    real_run = loop.run
-
-    def keep(cfg):
-        captured["result"] = real_run(cfg)
-        return captured["result"]
-
-    monkeypatch.setattr(loop, "run", keep)
-    code = main([f"--pretrained_model_name_or_path={model}", f"--dataset_config={dataset}", f"--output_dir={out}",
-                 "--output_name=lora", "--network_module=networks.lora", "--network_dim=4", "--network_alpha=2",
-                 "--learning_rate=1e-3", "--optimizer_type=AdamW", "--seed=3", "--max_train_steps=2",
-                 "--max_data_loader_n_workers=0", "--network_train_unet_only"])
+    code, result = train_keeping_result([
+        f"--pretrained_model_name_or_path={model}", f"--dataset_config={dataset}", f"--output_dir={out}",
+        "--output_name=lora", "--network_module=networks.lora", "--network_dim=4", "--network_alpha=2",
+        "--learning_rate=1e-3", "--optimizer_type=AdamW", "--seed=3", "--max_train_steps=2",
+        "--max_data_loader_n_workers=0", "--network_train_unet_only"])
     assert code == 0
     assert (out / "lora.safetensors").is_file()
-    return captured["result"].losses
+    return result.losses
 
 
 @pytest.fixture(scope="module")
 def folder_losses(tiny_model_dir, dataset, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        losses = _train(tiny_model_dir, dataset, tmp_path_factory.mktemp("out_folder"), mp)
+    losses = _train(tiny_model_dir, dataset, tmp_path_factory.mktemp("out_folder"))
     assert len(losses) == 2
     return losses
 
 
 def test_single_file_trains_exactly_like_the_folder(tiny_model_dir, dataset, folder_losses, tmp_path, monkeypatch):
     model = write_single_file(tiny_model_dir, tmp_path / "tiny.safetensors")
-    assert _train(model, dataset, tmp_path / "out", monkeypatch) == folder_losses
+    assert _train(model, dataset, tmp_path / "out") == folder_losses
 
 
 def test_cached_hub_id_trains_exactly_like_the_folder(tiny_model_dir, dataset, folder_losses, tmp_path, monkeypatch):
@@ -74,7 +66,7 @@ def test_cached_hub_id_trains_exactly_like_the_folder(tiny_model_dir, dataset, f
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         monkeypatch.delenv(name, raising=False)
-    assert _train("someone/tiny-sdxl", dataset, tmp_path / "out", monkeypatch) == folder_losses
+    assert _train("someone/tiny-sdxl", dataset, tmp_path / "out") == folder_losses
 
 
 @pytest.mark.parametrize("keys, words", [

@@ -8,9 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_images, write_toml
+from conftest import make_images, train_keeping_result, write_toml
 from sdxl_lora.cli import main
-from sdxl_lora.train import loop
 
 
 @pytest.fixture
@@ -26,16 +25,9 @@ def base(tmp_path, tiny_model_dir):
 
 
 def _train(argv, monkeypatch):
-    seen = {}
-    real = loop.run
-
-    def keep(cfg):
-        seen["result"] = real(cfg)
-        return seen["result"]
-
-    monkeypatch.setattr(loop, "run", keep)
-    assert main(argv) == 0
-    return seen["result"]
+    code, result = train_keeping_result(argv)
+    assert code == 0
+    return result
 
 
 def test_fp8_base_trains_with_float8_frozen_weights(base, monkeypatch):

@@ -8,9 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_images, write_toml
+from conftest import make_images, train_keeping_result, write_toml
 from sdxl_lora.cli import main
-from sdxl_lora.train import loop
 
 SGM_PREFIXES = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_",
                 "lora_te1_text_model_encoder_layers_", "lora_te2_text_model_encoder_layers_")
@@ -37,20 +36,10 @@ def trained(tiny_model_dir, tmp_path_factory):
     """One short in-process run of the real CLI path, keeping the trained models for comparison."""
     tmp = tmp_path_factory.mktemp("train")
     toml = _dataset(tmp, [(64, 64), (96, 64), (64, 96), (64, 64)])
-    captured = {}
-    real_run = loop.run
-
-    def keep(cfg):
-        captured["result"] = real_run(cfg)
-        return captured["result"]
-
-    loop.run = keep
-    try:
-        code = main(_args(tiny_model_dir, toml, tmp / "out", "--max_train_steps=4", "--lr_scheduler=cosine"))
-    finally:
-        loop.run = real_run
+    code, result = train_keeping_result(_args(tiny_model_dir, toml, tmp / "out", "--max_train_steps=4",
+                                              "--lr_scheduler=cosine"))
     assert code == 0
-    return captured["result"]
+    return result
 
 
 def test_writes_kohya_file_with_sgm_names(trained):
