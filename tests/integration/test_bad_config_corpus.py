@@ -296,6 +296,8 @@ CASES = (
     Case("not_supported_yet_in_config_file", lambda r: _config_file(r, "[sample_prompt_arguments]\n"
                                                                        "sample_every_n_epochs = 1\n"),
          ("--sample_every_n_epochs", "not supported yet")),
+    Case("caption_separator_not_yet", lambda r: r.argv(dataset_config=r.toml(subset={"caption_separator": "';'"})),
+         ("subsets[0].caption_separator", "not supported yet")),
     # Found by this corpus and fixed: each used to crash or pass validation.
     Case("toml_min_bucket_reso_zero", lambda r: r.argv(dataset_config=r.toml(dataset={"min_bucket_reso": "0"})),
          ("datasets[0].min_bucket_reso",)),

@@ -16,7 +16,8 @@ _NOT_YET = {
     "shuffle_caption": False, "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0,
     "caption_tag_dropout_rate": 0.0, "token_warmup_step": 0, "keep_tokens_separator": "",
     "secondary_separator": None, "color_aug": False, "face_crop_aug_range": None, "metadata_file": None,
-    "conditioning_data_dir": None, "keep_tokens": 0, "token_warmup_min": 1, "cache_info": False,
+    "conditioning_data_dir": None, "keep_tokens": 0, "caption_separator": ",", "token_warmup_min": 1,
+    "cache_info": False,
 }
 """Subset settings whose non-default values the data pipeline does not implement yet."""
 

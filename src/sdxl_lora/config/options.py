@@ -107,7 +107,7 @@ OPTIONS: tuple[Option, ...] = (
            help="DreamBooth: cache captions and image sizes in metadata_cache.json per image folder"),
     Option("shuffle_caption", DATASET, "flag", False, roadmap=DATA,
            help="shuffle separator-delimited caption tags"),
-    Option("caption_separator", DATASET, "str", ",", roadmap=DATA, help="caption tag separator", status=WORKS),
+    Option("caption_separator", DATASET, "str", ",", roadmap=DATA, help="caption tag separator"),
     Option("caption_extension", DATASET, "str", ".caption", status=WORKS,
            help="caption file extension (a leading '.' is added if missing)"),
     Option("caption_extention", DATASET, "str", None, roadmap=DATA,

@@ -110,7 +110,8 @@ def run(cfg: RunConfig) -> RunResult:
         unet.train()
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
-                latents = batch_latents(batch, models.vae, accelerator.device, weight_dtype)
+                latents = batch_latents(batch, models.vae, accelerator.device, weight_dtype,
+                                        cfg.data.vae_batch_size)
                 with accelerator.autocast():
                     context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
                 time_ids = size_conditioning(batch).to(accelerator.device, weight_dtype)
@@ -163,14 +164,16 @@ def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]
             + "; ".join(hints))
 
 
-def batch_latents(batch: dict, vae, device, dtype) -> torch.Tensor:
-    """Scaled latents of a batch: from the cache, or encoded now with the frozen VAE (spec 5.2)."""
+def batch_latents(batch: dict, vae, device, dtype, vae_batch_size: int) -> torch.Tensor:
+    """Scaled latents of a batch: from the cache, or encoded now with the frozen VAE in chunks of
+    --vae_batch_size images (spec 5.2)."""
     if "latents" in batch:
         latents = batch["latents"].to(device)
     else:
         with torch.no_grad():
             images = batch["images"].to(device, dtype=vae.dtype)
-            latents = vae.encode(images).latent_dist.sample()
+            latents = torch.cat([vae.encode(chunk).latent_dist.sample()
+                                 for chunk in images.split(max(1, vae_batch_size))])
     latents = torch.nan_to_num(latents.float(), nan=0.0)
     return (latents * vae.config.scaling_factor).to(dtype)
 
