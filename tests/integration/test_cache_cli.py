@@ -31,10 +31,10 @@ def _nan_vae(monkeypatch, when):
     real = AutoencoderKL.encode
 
     def encode(self, images, *args, **kwargs):
-        out = real(self, images, *args, **kwargs)
-        latents = out.latent_dist.sample()
-        latents[when(self, images)] = float("nan")
-        return SimpleNamespace(latent_dist=SimpleNamespace(sample=lambda generator=None: latents))
+        dist = real(self, images, *args, **kwargs).latent_dist
+        mean = dist.mean.clone()
+        mean[when(self, images)] = float("nan")
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=mean, std=dist.std))
 
     monkeypatch.setattr(AutoencoderKL, "encode", encode)
 

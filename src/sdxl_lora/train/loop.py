@@ -65,10 +65,7 @@ def run(cfg: RunConfig) -> RunResult:
     weight_dtype = placement.weight_dtype
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
-    if cfg.data.cache_latents:
-        dataset.set_latents(cache_latents(models.vae, dataset, accelerator.device, cfg.data.vae_batch_size,
-                                          clear_device_cache=not placement.highvram))
-        models.vae.to("cpu")
+    latent_source = latent_source_for(cfg, models.vae, dataset, accelerator.device, placement.highvram)
 
     handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, rank=cfg.network.rank,
                          alpha=cfg.network.alpha, train_unet=cfg.network.train_unet,
@@ -96,6 +93,7 @@ def run(cfg: RunConfig) -> RunResult:
     if cfg.network.train_text_encoder:
         te1, te2 = accelerator.prepare(te1, te2)
     _log_plan(plan, dataset, trainable)
+    text_source = text_source_for(cfg, models, te1, te2, accelerator.device)
 
     from sdxl_lora.train.save import RunSaver
 
@@ -110,10 +108,9 @@ def run(cfg: RunConfig) -> RunResult:
         unet.train()
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
-                latents = batch_latents(batch, models.vae, accelerator.device, weight_dtype,
-                                        cfg.data.vae_batch_size)
+                latents = latent_source.latents(batch).to(weight_dtype)
                 with accelerator.autocast():
-                    context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
+                    context, pooled = text_source.conditioning(batch)
                 time_ids = size_conditioning(batch).to(accelerator.device, weight_dtype)
                 noise = torch.randn_like(latents)
                 timesteps = sample_timesteps(latents.shape[0], 0, 1000, latents.device)
@@ -164,41 +161,45 @@ def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]
             + "; ".join(hints))
 
 
-def batch_latents(batch: dict, vae, device, dtype, vae_batch_size: int) -> torch.Tensor:
-    """Scaled latents of a batch: from the cache, or encoded now with the frozen VAE in chunks of
-    --vae_batch_size images (spec 5.2), checked for non-finite values (vae_encode)."""
-    from sdxl_lora.data.vae_encode import encode_images
+def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
+    """Live VAE encoding, or (--cache_latents) every image encoded once now and served by the dataset."""
+    from sdxl_lora.data.sources import CachedLatents, VaeLatents
 
-    if "latents" in batch:
-        latents = batch["latents"].to(device).float()
-    else:
-        latents = encode_images(vae, batch["images"], [str(p) for p in batch["paths"]], device, vae_batch_size)
-    return (latents * vae.config.scaling_factor).to(dtype)
+    if not cfg.data.cache_latents:
+        return VaeLatents(vae, device, cfg.data.vae_batch_size)
+    dataset.set_latents(cache_latents(vae, dataset, device, cfg.data.vae_batch_size,
+                                      clear_device_cache=not highvram))
+    vae.to("cpu")
+    return CachedLatents(vae.config.scaling_factor, device)
 
 
 def cache_latents(vae, dataset, device, batch_size: int, clear_device_cache: bool = True) -> dict:
-    """Encode every distinct image once (raw latent_dist.sample(), unscaled, checked for non-finite values),
+    """Encode every distinct image once (raw posterior sample, unscaled, checked for non-finite values),
     kept on the CPU. Without --highvram the device cache is cleared after each batch, as sd-scripts does."""
-    from sdxl_lora.data.vae_encode import encode_images
+    from sdxl_lora.data.sources import latent_names
+    from sdxl_lora.data.vae_encode import encode_images, latent_seed
 
     cache = {}
     for keys, images in dataset.iter_images_for_cache(batch_size):
-        names = [f"{path} (flipped)" if flip else str(path) for path, _, flip in keys]
-        out = encode_images(vae, images, names, device, batch_size).cpu()
+        seeds = [latent_seed(*key) for key in keys]
+        out = encode_images(vae, images, latent_names(keys), seeds, device, batch_size).cpu()
         cache.update(zip(keys, out, strict=True))
         if clear_device_cache and torch.cuda.is_available():
             torch.cuda.empty_cache()
     return cache
 
 
-def encode_text(captions: list[str], models, te1, te2, cfg: RunConfig):
-    """SDXL context and pooled embedding; gradients flow only when text-encoder LoRA is trained."""
+def text_source_for(cfg: RunConfig, models, te1, te2, device):
+    """The live text encoders (prepared models, so that their LoRA trains through them)."""
+    from functools import partial
+
+    from sdxl_lora.data.sources import EncoderText
     from sdxl_lora.models.text import encode, tokenize
 
-    ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
-    device = next(te1.parameters()).device
-    with torch.set_grad_enabled(cfg.network.train_text_encoder):
-        return encode(te1, te2, ids1.to(device), ids2.to(device))
+    return EncoderText(partial(encode, te1, te2),
+                       partial(tokenize, models.tokenizer_1, models.tokenizer_2,
+                               max_token_length=cfg.model.max_token_length),
+                       device, trains=cfg.network.train_text_encoder)
 
 
 def size_conditioning(batch: dict) -> torch.Tensor:
