@@ -108,6 +108,10 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
     data = DataConfig(
         datasets=tuple(datasets), cache_latents=bool(v.get("cache_latents")),
         vae_batch_size=int(v.get("vae_batch_size") or 1),
+        cache_latents_to_disk=bool(v.get("cache_latents_to_disk")),
+        cache_text_encoder_outputs=bool(v.get("cache_text_encoder_outputs")),
+        cache_text_encoder_outputs_to_disk=bool(v.get("cache_text_encoder_outputs_to_disk")),
+        skip_cache_check=bool(v.get("skip_cache_check")),
         max_data_loader_n_workers=int(v.get("max_data_loader_n_workers") or 0),
         persistent_data_loader_workers=bool(v.get("persistent_data_loader_workers")),
         prior_loss_weight=float(v.get("prior_loss_weight") if v.get("prior_loss_weight") is not None else 1.0),

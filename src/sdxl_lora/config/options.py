@@ -289,15 +289,17 @@ OPTIONS: tuple[Option, ...] = (
     # Caching (spec 1.4, 1.5)
     Option("cache_latents", CACHING, "flag", False, status=WORKS,
            help="encode every image once, keep latents in memory"),
-    Option("cache_latents_to_disk", CACHING, "flag", False, roadmap=DATA,
-           help="cache latents in .npz files next to the images (implies --cache_latents)"),
+    Option("cache_latents_to_disk", CACHING, "flag", False, status=WORKS,
+           help="cache latents in files under .sdxl-lora-cache in each image folder, read when needed "
+                "(implies --cache_latents); interrupted caching resumes where it stopped"),
     Option("vae_batch_size", CACHING, "int", 1, status=WORKS, help="batch size of latent caching"),
     Option("cache_text_encoder_outputs", CACHING, "flag", False, roadmap=DATA,
            help="encode every caption once (needs --network_train_unet_only)"),
     Option("cache_text_encoder_outputs_to_disk", CACHING, "flag", False, roadmap=DATA,
            help="cache text-encoder outputs in _te_outputs.npz files (implies the above)"),
-    Option("skip_cache_check", CACHING, "flag", False, roadmap=DATA,
-           help="do not validate the content of existing cache files"),
+    Option("skip_cache_check", CACHING, "flag", False, status=WORKS,
+           help="trust existing cache files without reading them (entries for changed images, captions or "
+                "models are still encoded)"),
     # Sample images (spec 1.11)
     Option("sample_prompts", SAMPLES, "str", None, roadmap=SAMPLING,
            help="prompt file (.txt, .toml or .json)"),

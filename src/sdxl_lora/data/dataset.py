@@ -1,8 +1,8 @@
 """The training Dataset (spec 2.6): each item is a whole batch of images from one bucket.
 
 Use with `DataLoader(dataset, batch_size=1, shuffle=True, collate_fn=collate_first)`. Models are not touched
-here: `iter_images_for_cache` hands out the images to encode, and `set_latents` takes the encoded latents back
-as a mapping keyed by LatentKey (a plain dict pickles into DataLoader workers).
+here: `latent_jobs` lists the latents to cache, and `set_latents` takes the cache back as a mapping keyed by
+LatentKey (a dict in memory or latent_cache.DiskLatents; both pickle into DataLoader workers).
 """
 
 from __future__ import annotations
@@ -11,20 +11,17 @@ import math
 import multiprocessing
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
 from sdxl_lora.data import metadata
-from sdxl_lora.data.buckets import Size, crop_top_left
+from sdxl_lora.data.buckets import crop_top_left
 from sdxl_lora.data.images import prepare_image
+from sdxl_lora.data.latent_cache import LatentJob, LatentKey
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
-
-LatentKey = tuple[str, Size, bool]
-"""(image path, bucket (w, h), flipped): one cached latent. The bucket tells apart the same file in two
-datasets of different resolution."""
 
 _WILDCARD = re.compile(r"\{([^{}]*)\}")
 
@@ -65,20 +62,16 @@ class TrainDataset(Dataset):
         """Serve cached latents (C, h, w) instead of decoding images; None goes back to images."""
         self.latents = latents
 
-    def iter_images_for_cache(self, batch_size: int) -> Iterator[tuple[list[LatentKey], torch.Tensor]]:
-        """Every image that trains (repeats > 0) once, and flipped too with flip_aug, centre-cropped to its
-        bucket, in same-bucket chunks of up to `batch_size`: (keys, images (n, 3, H, W))."""
-        by_bucket: dict[Size, list[tuple[ImagePlan, bool]]] = {}
+    def latent_jobs(self) -> list[LatentJob]:
+        """Every latent the cache must hold: each image that trains (repeats > 0) at its bucket, centre-cropped,
+        and flipped too with flip_aug."""
+        jobs = []
         for image in self.plan.images:
             if image.repeats > 0:
-                flips = (False, True) if self.plan.config.subsets[image.subset_index].flip_aug else (False,)
-                by_bucket.setdefault(image.bucket, []).extend((image, flip) for flip in flips)
-        for bucket in sorted(by_bucket):
-            entries = by_bucket[bucket]
-            for start in range(0, len(entries), batch_size):
-                chunk = entries[start:start + batch_size]
-                pixels = [self._pixels(image, flip, None)[0] for image, flip in chunk]
-                yield [(image.path, image.bucket, flip) for image, flip in chunk], torch.stack(pixels)
+                subset = self.plan.config.subsets[image.subset_index]
+                jobs += [LatentJob(image.path, image.bucket, image.resized_size, flip, subset.resize_interpolation)
+                         for flip in ((False, True) if subset.flip_aug else (False,))]
+        return jobs
 
     def _pixels(self, image: ImagePlan, flip: bool, crop_rng: random.Random | None):
         subset = self.plan.config.subsets[image.subset_index]
@@ -195,10 +188,9 @@ class TrainDatasets(ConcatDataset):
         for dataset in self.datasets:
             dataset.set_latents(latents)
 
-    def iter_images_for_cache(self, batch_size: int) -> Iterator[tuple[list[LatentKey], torch.Tensor]]:
-        """Each dataset's images to encode (keys may repeat across datasets with the same bucket)."""
-        for dataset in self.datasets:
-            yield from dataset.iter_images_for_cache(batch_size)
+    def latent_jobs(self) -> list[LatentJob]:
+        """Each dataset's latents to cache (a key may repeat across datasets with the same bucket)."""
+        return [job for dataset in self.datasets for job in dataset.latent_jobs()]
 
 
 def dataset_seed(seed: int, index: int) -> int:

@@ -162,31 +162,28 @@ def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]
 
 
 def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
-    """Live VAE encoding, or (--cache_latents) every image encoded once now and served by the dataset."""
-    from sdxl_lora.data.sources import CachedLatents, VaeLatents
+    """Live VAE encoding, or (--cache_latents[_to_disk]) every image encoded once now, read by the dataset."""
+    from sdxl_lora.data.cache_files import module_identity
+    from sdxl_lora.data.latent_cache import LatentCacheSettings, build_latent_cache
+    from sdxl_lora.data.sources import CachedLatents, VaeLatents, latent_names
+    from sdxl_lora.data.vae_encode import encode_images, latent_seed
 
     if not cfg.data.cache_latents:
         return VaeLatents(vae, device, cfg.data.vae_batch_size)
-    dataset.set_latents(cache_latents(vae, dataset, device, cfg.data.vae_batch_size,
-                                      clear_device_cache=not highvram))
+    settings = LatentCacheSettings(to_disk=cfg.data.cache_latents_to_disk, skip_check=cfg.data.skip_cache_check,
+                                   batch_size=cfg.data.vae_batch_size, vae_identity=module_identity(vae),
+                                   channels=vae.config.latent_channels)
+
+    def encode(pixels, jobs):
+        keys = [job.key for job in jobs]
+        return encode_images(vae, pixels, latent_names(keys), [latent_seed(*k) for k in keys], device,
+                             len(jobs)).cpu()
+
+    # Without --highvram the device cache is cleared after each batch, as sd-scripts does.
+    clear = torch.cuda.empty_cache if torch.cuda.is_available() and not highvram else None
+    dataset.set_latents(build_latent_cache(dataset.latent_jobs(), encode, settings, after_batch=clear))
     vae.to("cpu")
     return CachedLatents(vae.config.scaling_factor, device)
-
-
-def cache_latents(vae, dataset, device, batch_size: int, clear_device_cache: bool = True) -> dict:
-    """Encode every distinct image once (raw posterior sample, unscaled, checked for non-finite values),
-    kept on the CPU. Without --highvram the device cache is cleared after each batch, as sd-scripts does."""
-    from sdxl_lora.data.sources import latent_names
-    from sdxl_lora.data.vae_encode import encode_images, latent_seed
-
-    cache = {}
-    for keys, images in dataset.iter_images_for_cache(batch_size):
-        seeds = [latent_seed(*key) for key in keys]
-        out = encode_images(vae, images, latent_names(keys), seeds, device, batch_size).cpu()
-        cache.update(zip(keys, out, strict=True))
-        if clear_device_cache and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return cache
 
 
 def text_source_for(cfg: RunConfig, models, te1, te2, device):

@@ -112,16 +112,14 @@ def test_flip_aug_flips_some_images_and_their_crop_conditioning(tmp_path):
     assert torch.equal(dataset[0]["images"], dataset[0]["images"])  # same flips for the same epoch and index
 
 
-def test_images_for_cache_cover_every_image_and_flip_once(tmp_path):
+def test_latent_jobs_cover_every_image_and_flip_once(tmp_path):
     dataset = make(tmp_path, flip_aug=True)
-    chunks = list(dataset.iter_images_for_cache(batch_size=3))
-    keys = [key for chunk_keys, _ in chunks for key in chunk_keys]
+    keys = [job.key for job in dataset.latent_jobs()]
     # 5 training images with and without flip + 1 regularisation image (no flip_aug on that subset).
     assert len(keys) == len(set(keys)) == 11
-    for chunk_keys, images in chunks:
-        (width, height), = {bucket for _, bucket, _ in chunk_keys}
-        assert images.shape == (len(chunk_keys), 3, height, width) and len(chunk_keys) <= 3
-    by_key = {key: image for chunk_keys, images in chunks for key, image in zip(chunk_keys, images, strict=True)}
+    by_key = {job.key: job.pixels() for job in dataset.latent_jobs()}
+    for (_, (width, height), _), image in by_key.items():
+        assert image.shape == (3, height, width)
     path = dataset.plan.images[0].path
     assert torch.equal(by_key[(path, (128, 128), True)], by_key[(path, (128, 128), False)].flip(-1))
 
@@ -129,7 +127,7 @@ def test_images_for_cache_cover_every_image_and_flip_once(tmp_path):
 def test_latents_replace_images_after_set_latents(tmp_path):
     dataset = make(tmp_path, flip_aug=True)
     cache = {key: torch.full((4, key[1][1] // 8, key[1][0] // 8), float(i))
-             for i, key in enumerate(k for keys, _ in dataset.iter_images_for_cache(4) for k in keys)}
+             for i, key in enumerate(job.key for job in dataset.latent_jobs())}
     dataset.set_epoch(1)
     with_images = dataset[0]
     dataset.set_latents(cache)
