@@ -12,13 +12,14 @@ import math
 import multiprocessing
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
 from sdxl_lora.data import metadata
+from sdxl_lora.data.batch import Batch
 from sdxl_lora.data.buckets import Size, crop_top_left
 from sdxl_lora.data.images import prepare_image
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
@@ -26,6 +27,10 @@ from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
 LatentKey = tuple[str, Size, bool]
 """(image path, bucket (w, h), flipped): one cached latent. The bucket tells apart the same file in two
 datasets of different resolution."""
+
+Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+"""captions -> (input_ids_1, input_ids_2), each (B, n, 77): a picklable function (functools.partial of
+models.text.tokenize with both tokenizers) so that it runs in DataLoader workers."""
 
 _WILDCARD = re.compile(r"\{([^{}]*)\}")
 
@@ -48,8 +53,9 @@ class TrainDataset(Dataset):
     """One dataset's batches; `set_epoch` reshuffles them like sd-scripts (seeded by seed + epoch)."""
 
     def __init__(self, plan: DatasetPlan, *, seed: int, prior_loss_weight: float = 1.0,
-                 latents: Mapping[LatentKey, torch.Tensor] | None = None):
+                 latents: Mapping[LatentKey, torch.Tensor] | None = None, tokenize: Tokenize | None = None):
         self.plan = plan
+        self.tokenize = tokenize
         self.seed = seed
         self.prior_loss_weight = prior_loss_weight
         self.latents = latents
@@ -114,14 +120,12 @@ class TrainDataset(Dataset):
         chosen = buckets[b][j * self.batch_size:(j + 1) * self.batch_size]
         return [self.plan.images[k] for k in chosen]
 
-    def __getitem__(self, index: int) -> dict:
-        """One batch: images (B,3,H,W) or, after set_latents, latents (B,C,h,w); captions; original_size_hw,
-        crop_top_left and target_size_hw (B,2) int64; loss_weights (B,); paths; latent_keys; custom_attributes;
-        and alpha_masks (B,H,W) when a subset of the batch uses alpha_mask."""
+    def __getitem__(self, index: int) -> Batch:
+        """One batch of the current epoch (see Batch); tokenized here when the dataset has a tokenizer."""
         images = self.batch_images(index)
         # One generator per batch: flips and random crops do not depend on DataLoader worker scheduling.
         rng = random.Random(f"{self.seed}:{self._epoch.value}:{index}")
-        pixels, latents, masks, captions, crops, attributes, keys = [], [], [], [], [], [], []
+        pixels, latents, masks, captions, crops, keys = [], [], [], [], [], []
         for image in images:
             subset = self.plan.config.subsets[image.subset_index]
             flip = subset.flip_aug and rng.random() < 0.5
@@ -135,29 +139,27 @@ class TrainDataset(Dataset):
             keys.append((image.path, image.bucket, flip))
             captions.append(final_caption(image.caption, subset, rng))
             crops.append(crop_top_left(image.bucket, image.original_size, flip))
-            attributes.append(dict(subset.custom_attributes))
-        batch = self._collate(images, pixels, latents, masks, captions, crops, attributes)
-        batch["latent_keys"] = keys
-        return batch
+        ids_1, ids_2 = self.tokenize(captions) if self.tokenize is not None else (None, None)
+        return Batch(
+            paths=[i.path for i in images], captions=captions, latent_keys=keys,
+            original_size_hw=torch.tensor([(i.original_size[1], i.original_size[0]) for i in images]),
+            crop_top_left=torch.tensor(crops, dtype=torch.long),
+            target_size_hw=torch.tensor([(i.bucket[1], i.bucket[0]) for i in images]),
+            loss_weights=torch.tensor([self.prior_loss_weight if i.is_reg else 1.0 for i in images]),
+            input_ids_1=ids_1, input_ids_2=ids_2,
+            images=torch.stack(pixels) if self.latents is None else None,
+            latents=torch.stack(latents) if self.latents is not None else None,
+            masks=_stack_masks(masks, images[0].bucket),
+            custom_attributes=[dict(self.plan.config.subsets[i.subset_index].custom_attributes) for i in images],
+        )
 
-    def _collate(self, images, pixels, latents, masks, captions, crops, attributes) -> dict:
-        batch = {
-            "captions": captions,
-            "original_size_hw": torch.tensor([(i.original_size[1], i.original_size[0]) for i in images]),
-            "crop_top_left": torch.tensor(crops, dtype=torch.long),
-            "target_size_hw": torch.tensor([(i.bucket[1], i.bucket[0]) for i in images]),
-            "loss_weights": torch.tensor([self.prior_loss_weight if i.is_reg else 1.0 for i in images]),
-            "paths": [i.path for i in images],
-            "custom_attributes": attributes,
-        }
-        if self.latents is not None:
-            batch["latents"] = torch.stack(latents)
-        else:
-            batch["images"] = torch.stack(pixels)
-        if any(m is not None for m in masks):
-            ones = torch.ones(images[0].bucket[1], images[0].bucket[0])
-            batch["alpha_masks"] = torch.stack([m if m is not None else ones for m in masks])
-        return batch
+
+def _stack_masks(masks: list[torch.Tensor | None], bucket: Size) -> torch.Tensor | None:
+    """(B, H, W) masks, ones for samples without one; None when no sample has a mask."""
+    if all(m is None for m in masks):
+        return None
+    ones = torch.ones(bucket[1], bucket[0])
+    return torch.stack([m if m is not None else ones for m in masks])
 
 
 def epoch_rng(seed: int, epoch: int) -> random.Random:
@@ -244,15 +246,16 @@ def batch_order_seed(seed: int) -> int:
 
 
 def build_train_dataset(plan: Plan | tuple[DatasetConfig, ...], *, seed: int, prior_loss_weight: float = 1.0,
-                        latents: Mapping[LatentKey, torch.Tensor] | None = None) -> TrainDatasets:
+                        latents: Mapping[LatentKey, torch.Tensor] | None = None,
+                        tokenize: Tokenize | None = None) -> TrainDatasets:
     """One TrainDataset per planned dataset, concatenated. Given configs, plans them first (build_plan)."""
     if not isinstance(plan, Plan):
         plan = build_plan(tuple(plan))
     return TrainDatasets([TrainDataset(d, seed=dataset_seed(seed, i), prior_loss_weight=prior_loss_weight,
-                                       latents=latents) for i, d in enumerate(plan.datasets)],
+                                       latents=latents, tokenize=tokenize) for i, d in enumerate(plan.datasets)],
                          seed=batch_order_seed(seed))
 
 
-def collate_first(items: list[dict]) -> dict:
+def collate_first(items: list[Batch]) -> Batch:
     """DataLoader collate_fn for batch_size=1: dataset items already are batches."""
     return items[0]

@@ -5,6 +5,7 @@ Only this module imports models, network and data together.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 
 from sdxl_lora.config.schema import RunConfig
+from sdxl_lora.data.batch import Batch
+from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.noise import noisy_latents, sample_timesteps
@@ -43,6 +46,7 @@ def run(cfg: RunConfig) -> RunResult:
     from accelerate.utils import set_seed
 
     from sdxl_lora.data.dataset import build_train_dataset, collate_first
+    from sdxl_lora.data.plan import build_plan
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
     from sdxl_lora.network.lora import apply_lora
@@ -55,10 +59,13 @@ def run(cfg: RunConfig) -> RunResult:
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
 
-    # The dataset is built first: its epoch-shuffle seed is drawn right after global seeding (as sd-scripts).
-    dataset = build_train_dataset(cfg.data.datasets, seed=random.randint(0, 2**31),
-                                  prior_loss_weight=cfg.data.prior_loss_weight)
+    # The datasets are scanned before any weight is read (bad data stops the run early) and their epoch-shuffle
+    # seed is drawn right after global seeding (as sd-scripts); the dataset needs the loaded tokenizers.
+    data_plan, data_seed = build_plan(cfg.data.datasets), random.randint(0, 2**31)
     models = load_sdxl(cfg.model, accelerator.device)
+    dataset = build_train_dataset(data_plan, seed=data_seed, prior_loss_weight=cfg.data.prior_loss_weight,
+                                  tokenize=functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
+                                                             max_token_length=cfg.model.max_token_length))
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
@@ -114,7 +121,7 @@ def run(cfg: RunConfig) -> RunResult:
                 latents = batch_latents(batch, models.vae, accelerator.device, weight_dtype,
                                         cfg.data.vae_batch_size)
                 with accelerator.autocast():
-                    context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
+                    context, pooled = encode_text(batch, te1, te2, cfg)
                 time_ids = size_conditioning(batch).to(accelerator.device, weight_dtype)
                 noise = torch.randn_like(latents)
                 timesteps = sample_timesteps(latents.shape[0], 0, 1000, latents.device)
@@ -123,8 +130,8 @@ def run(cfg: RunConfig) -> RunResult:
                     pred = unet(noisy.to(weight_dtype), timesteps, context.to(weight_dtype),
                                 added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids}
                                 ).sample
-                per_sample = losses.per_sample_l2(pred, noise, batch.get("alpha_masks"))
-                loss = losses.weighted_mean(per_sample, batch["loss_weights"].to(accelerator.device))
+                per_sample = losses.per_sample_l2(pred, noise, batch.masks)
+                loss = losses.weighted_mean(per_sample, batch.loss_weights.to(accelerator.device))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm:
                     accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
@@ -152,27 +159,27 @@ def run(cfg: RunConfig) -> RunResult:
     return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
 
 
-def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]) -> str:
+def diagnose_non_finite(step: int, batch: Batch, cfg: RunConfig, lrs: list[float]) -> str:
     """One line saying where the loss broke and what usually causes it."""
     hints = ["lower --learning_rate"]
     if cfg.model.mixed_precision == "fp16" and not cfg.model.no_half_vae:
         hints.insert(0, "add --no_half_vae (the SDXL VAE overflows in fp16)")
     if cfg.model.mixed_precision == "fp16":
         hints.append("use --mixed_precision bf16 if the GPU supports it")
-    images = ", ".join(str(p) for p in batch.get("paths", []))
+    images = ", ".join(str(p) for p in batch.paths)
     return (f"loss is not finite at step {step} (learning rates {', '.join(f'{lr:g}' for lr in lrs)}, "
             f"mixed precision {cfg.model.mixed_precision}, batch: {images}); nothing was saved; try: "
             + "; ".join(hints))
 
 
-def batch_latents(batch: dict, vae, device, dtype, vae_batch_size: int) -> torch.Tensor:
+def batch_latents(batch: Batch, vae, device, dtype, vae_batch_size: int) -> torch.Tensor:
     """Scaled latents of a batch: from the cache, or encoded now with the frozen VAE in chunks of
     --vae_batch_size images (spec 5.2)."""
-    if "latents" in batch:
-        latents = batch["latents"].to(device)
+    if batch.latents is not None:
+        latents = batch.latents.to(device)
     else:
         with torch.no_grad():
-            images = batch["images"].to(device, dtype=vae.dtype)
+            images = batch.images.to(device, dtype=vae.dtype)
             latents = torch.cat([vae.encode(chunk).latent_dist.sample()
                                  for chunk in images.split(max(1, vae_batch_size))])
     latents = torch.nan_to_num(latents.float(), nan=0.0)
@@ -192,21 +199,21 @@ def cache_latents(vae, dataset, device, batch_size: int, clear_device_cache: boo
     return cache
 
 
-def encode_text(captions: list[str], models, te1, te2, cfg: RunConfig):
-    """SDXL context and pooled embedding; gradients flow only when text-encoder LoRA is trained."""
-    from sdxl_lora.models.text import encode, tokenize
+def encode_text(batch: Batch, te1, te2, cfg: RunConfig):
+    """SDXL context and pooled embedding of the batch's token ids (tokenized in the loader workers); gradients
+    flow only when text-encoder LoRA is trained."""
+    from sdxl_lora.models.text import encode
 
-    ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
     device = next(te1.parameters()).device
     with torch.set_grad_enabled(cfg.network.train_text_encoder):
-        return encode(te1, te2, ids1.to(device), ids2.to(device))
+        return encode(te1, te2, batch.input_ids_1.to(device), batch.input_ids_2.to(device))
 
 
-def size_conditioning(batch: dict) -> torch.Tensor:
+def size_conditioning(batch: Batch) -> torch.Tensor:
     """SDXL micro-conditioning (spec 5.6): [orig_h, orig_w, crop_top, crop_left, target_h, target_w]."""
     from sdxl_lora.models.text import size_time_ids
 
-    return size_time_ids(batch["original_size_hw"], batch["crop_top_left"], batch["target_size_hw"])
+    return size_time_ids(batch.original_size_hw, batch.crop_top_left, batch.target_size_hw)
 
 
 def enable_gradient_checkpointing(models, text_encoders: bool) -> None:

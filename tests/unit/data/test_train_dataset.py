@@ -45,13 +45,13 @@ def test_batches_are_single_bucket_with_matching_shapes(tmp_path):
     seen = 0
     for index in range(len(dataset)):
         batch = dataset[index]
-        height, width = batch["images"].shape[2:]
-        count = len(batch["captions"])
-        assert batch["images"].shape == (count, 3, height, width) and batch["images"].dtype == torch.float32
-        assert batch["target_size_hw"].tolist() == [[height, width]] * count
-        assert batch["target_size_hw"].dtype == torch.long and batch["crop_top_left"].shape == (count, 2)
-        for path, size, weight in zip(batch["paths"], batch["original_size_hw"].tolist(),
-                                      batch["loss_weights"].tolist(), strict=True):
+        height, width = batch.images.shape[2:]
+        count = len(batch.captions)
+        assert batch.images.shape == (count, 3, height, width) and batch.images.dtype == torch.float32
+        assert batch.target_size_hw.tolist() == [[height, width]] * count
+        assert batch.target_size_hw.dtype == torch.long and batch.crop_top_left.shape == (count, 2)
+        for path, size, weight in zip(batch.paths, batch.original_size_hw.tolist(),
+                                      batch.loss_weights.tolist(), strict=True):
             with Image.open(path) as image:
                 assert size == [image.height, image.width]
             assert weight == (0.25 if "/reg/" in path else 1.0)
@@ -61,11 +61,11 @@ def test_batches_are_single_bucket_with_matching_shapes(tmp_path):
 
 def test_conditioning_values(tmp_path):
     dataset = make(tmp_path, batch_size=4)
-    batch = next(dataset[i] for i in range(len(dataset)) if dataset[i]["paths"][0].endswith("c.png"))
+    batch = next(dataset[i] for i in range(len(dataset)) if dataset[i].paths[0].endswith("c.png"))
     # c 200x64 in bucket (192,64): bucket 3.0 < image 3.125 -> fit by width: 192 x 61.44; top = floor(1.28) = 1.
-    assert batch["original_size_hw"].tolist() == [[64, 200], [64, 200]]
-    assert batch["crop_top_left"].tolist() == [[1, 0], [1, 0]]
-    assert batch["captions"] == ["sks", "sks"]
+    assert batch.original_size_hw.tolist() == [[64, 200], [64, 200]]
+    assert batch.crop_top_left.tolist() == [[1, 0], [1, 0]]
+    assert batch.captions == ["sks", "sks"]
 
 
 def test_epoch_shuffling_is_deterministic(tmp_path):
@@ -157,13 +157,13 @@ def test_flip_aug_flips_some_images_and_their_crop_conditioning(tmp_path):
         dataset.set_epoch(epoch)
         for index in range(len(dataset)):
             batch = dataset[index]
-            lefts |= {tuple(x) for x, p in zip(batch["crop_top_left"].tolist(), batch["paths"], strict=True)
+            lefts |= {tuple(x) for x, p in zip(batch.crop_top_left.tolist(), batch.paths, strict=True)
                       if p.endswith("e.png")}
     # e 64x210 in (64,192): bucket 0.333 > image 0.305 -> fit by height: 58.51 x 192;
     # left = floor(5.49 / 2) = 2; flipped: 64 - (2 + 58.51) = 3.49 -> 3.
     assert lefts == {(0, 2), (0, 3)}
     dataset.set_epoch(1)
-    assert torch.equal(dataset[0]["images"], dataset[0]["images"])  # same flips for the same epoch and index
+    assert torch.equal(dataset[0].images, dataset[0].images)  # same flips for the same epoch and index
 
 
 def test_images_for_cache_cover_every_image_and_flip_once(tmp_path):
@@ -188,9 +188,9 @@ def test_latents_replace_images_after_set_latents(tmp_path):
     with_images = dataset[0]
     dataset.set_latents(cache)
     batch = dataset[0]
-    assert "images" not in batch and "images" in with_images
-    assert batch["latent_keys"] == with_images["latent_keys"]  # same flips either way
-    assert torch.equal(batch["latents"], torch.stack([cache[k] for k in batch["latent_keys"]]))
+    assert batch.images is None and with_images.images is not None and with_images.latents is None
+    assert batch.latent_keys == with_images.latent_keys  # same flips either way
+    assert torch.equal(batch.latents, torch.stack([cache[k] for k in batch.latent_keys]))
 
 
 def test_final_caption_prefix_suffix_and_wildcards():
@@ -208,6 +208,26 @@ def test_concatenated_datasets_through_a_dataloader(tmp_path):
     datasets.set_epoch(2)
     assert all(d._epoch.value == 2 for d in datasets.datasets)
     loader = DataLoader(datasets, batch_size=1, shuffle=False, collate_fn=collate_first)
-    trees = [Path(batch["paths"][0]).parts[-3] for batch in loader]
-    assert sum(len(batch["captions"]) for batch in loader) == 2 * 20
+    trees = [Path(batch.paths[0]).parts[-3] for batch in loader]
+    assert sum(len(batch.captions) for batch in loader) == 2 * 20
     assert sorted(trees) == sorted(["one"] * 8 + ["two"] * datasets.datasets[1].plan.batches_per_epoch)
+
+
+def test_batches_carry_token_ids_from_loader_workers(tmp_path):
+    import functools
+
+    from sdxl_lora.models.text import tokenize
+    from sdxl_lora.models.tokenizers import clip_tokenizers
+
+    tok1, tok2 = clip_tokenizers()
+    (plan,) = build_plan((config(tmp_path),)).datasets
+    dataset = TrainDataset(plan, seed=7, tokenize=functools.partial(tokenize, tok1, tok2, max_token_length=150))
+    loader = DataLoader(dataset, batch_size=1, collate_fn=collate_first, num_workers=1)
+    batch = next(iter(loader))
+    count = len(batch.captions)
+    assert batch.input_ids_1.shape == batch.input_ids_2.shape == (count, 2, 77)  # 150 tokens: two chunks
+    assert batch.input_ids_1[:, 0, 0].tolist() == [49406] * count  # BOS starts each chunk
+    expected = tokenize(tok1, tok2, batch.captions, 150)
+    assert torch.equal(batch.input_ids_1, expected[0]) and torch.equal(batch.input_ids_2, expected[1])
+    moved = batch.to("cpu")
+    assert moved.paths == batch.paths and torch.equal(moved.images, batch.images)
