@@ -1,7 +1,7 @@
 """Aspect-ratio buckets and SDXL crop conditioning (spec 2.6, 2.8): pure math on (width, height) pairs.
 
-Sizes are (width, height) throughout this module except `crop_top_left`, which returns (top, left) like the
-SDXL conditioning it feeds.
+Sizes and offsets are (width, height) / (left, top) throughout this module except `crop_top_left`, which
+returns (top, left) like the SDXL conditioning it feeds.
 """
 
 from __future__ import annotations
@@ -83,24 +83,24 @@ def floor_to_step(size: Size, step: int) -> Size:
     return size[0] - size[0] % step, size[1] - size[1] % step
 
 
-def crop_top_left(bucket: Size, original: Size, flipped: bool) -> tuple[int, int]:
-    """SDXL crop conditioning (top, left): where the original, fitted *inside* the bucket, would sit.
+def centre_offset(resized: Size, bucket: Size) -> tuple[int, int]:
+    """(left, top) of a bucket-sized window centred in the resized image: half the excess, rounded down."""
+    return max(0, resized[0] - bucket[0]) // 2, max(0, resized[1] - bucket[1]) // 2
 
-    Follows Stability's preprocessing as sd-scripts does (spec 2.8): fit by height when the bucket is wider
-    than the image, else by width; centre; on a horizontal flip left becomes bucket_w - right. It describes
-    a letterbox, not the crop actually applied (a known sd-scripts quirk, kept for compatibility).
+
+def crop_top_left(resized: Size, bucket: Size, offset: tuple[int, int], flipped: bool) -> tuple[int, int]:
+    """SDXL crop conditioning (top, left): the pixels cut off the top and left of the resized image by the crop
+    actually applied, as the SDXL paper defines c_crop. `offset` is the window's (left, top); a horizontally
+    flipped sample is seen from the other side, so its left is what was cut off the right:
+    resized_w - bucket_w - left.
+
+    sd-scripts instead computes a letterbox position from the sizes alone (spec 2.8 [quirk]), which
+    ignores the crop (and random crops); we condition on what the model actually sees.
     """
-    bucket_w, bucket_h = bucket
-    image_aspect = original[0] / original[1]
-    if bucket_w / bucket_h > image_aspect:
-        fit_w, fit_h = bucket_h * image_aspect, bucket_h
-    else:
-        fit_w, fit_h = bucket_w, bucket_w / image_aspect
-    left = (bucket_w - fit_w) // 2
-    top = (bucket_h - fit_h) // 2
+    left, top = offset
     if flipped:
-        left = bucket_w - (left + fit_w)
-    return int(top), int(left)
+        left = max(0, resized[0] - bucket[0]) - left
+    return top, left
 
 
 @dataclass(frozen=True)

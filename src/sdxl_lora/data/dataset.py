@@ -11,42 +11,35 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-import re
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
+from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.data import metadata
 from sdxl_lora.data.batch import Batch
-from sdxl_lora.data.buckets import Size, crop_top_left
-from sdxl_lora.data.images import prepare_image
+from sdxl_lora.data.buckets import Size, centre_offset, crop_top_left
+from sdxl_lora.data.captions import process_caption
+from sdxl_lora.data.images import crop_offset, prepare_image, prepare_mask
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
 
-LatentKey = tuple[str, Size, bool]
-"""(image path, bucket (w, h), flipped): one cached latent. The bucket tells apart the same file in two
-datasets of different resolution."""
+
+class LatentKey(NamedTuple):
+    """What one cached latent was encoded from: the same key always means the same pixels."""
+
+    path: str
+    bucket: Size
+    """(width, height) the image was resized and cropped to (tells apart datasets of other resolutions)."""
+    crop: tuple[int, int]
+    """(left, top) of the bucket window in the resized image."""
+    flip: bool
+
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 """captions -> (input_ids_1, input_ids_2), each (B, n, 77): a picklable function (functools.partial of
 models.text.tokenize with both tokenizers) so that it runs in DataLoader workers."""
-
-_WILDCARD = re.compile(r"\{([^{}]*)\}")
-
-
-def final_caption(caption: str, subset: SubsetConfig, rng: random.Random) -> str:
-    """The caption fed to the text encoders: one random line and `{a|b}` choices with enable_wildcard,
-    then caption_prefix / caption_suffix joined with a space."""
-    if subset.enable_wildcard:
-        caption = rng.choice(caption.split("\n"))
-    if subset.caption_prefix:
-        caption = f"{subset.caption_prefix} {caption}"
-    if subset.caption_suffix:
-        caption = f"{caption} {subset.caption_suffix}"
-    if subset.enable_wildcard:
-        caption = _WILDCARD.sub(lambda m: rng.choice(m.group(1).split("|")), caption)
-    return caption
 
 
 class TrainDataset(Dataset):
@@ -67,10 +60,15 @@ class TrainDataset(Dataset):
         # Shared with DataLoader workers, so that set_epoch reaches persistent workers too.
         self._epoch = multiprocessing.RawValue("i", 0)
         self._order_epoch: int | None = None
+        self.max_train_steps, self.accumulation = 0, 1
 
     def set_latents(self, latents: Mapping[LatentKey, torch.Tensor] | None) -> None:
         """Serve cached latents (C, h, w) instead of decoding images; None goes back to images."""
         self.latents = latents
+
+    def set_schedule(self, max_train_steps: int, gradient_accumulation_steps: int = 1) -> None:
+        """The run's length, for token warmup (a batch's step is derived from its epoch and index)."""
+        self.max_train_steps, self.accumulation = max_train_steps, max(1, gradient_accumulation_steps)
 
     def iter_images_for_cache(self, batch_size: int) -> Iterator[tuple[list[LatentKey], torch.Tensor]]:
         """Every image that trains (repeats > 0) once, and flipped too with flip_aug, centre-cropped to its
@@ -84,17 +82,19 @@ class TrainDataset(Dataset):
             entries = by_bucket[bucket]
             for start in range(0, len(entries), batch_size):
                 chunk = entries[start:start + batch_size]
-                pixels = [self._pixels(image, flip, None)[0] for image, flip in chunk]
-                yield [(image.path, image.bucket, flip) for image, flip in chunk], torch.stack(pixels)
+                keys = [latent_key(image, centre_offset(image.resized_size, image.bucket), flip)
+                        for image, flip in chunk]
+                pixels = [self._pixels(image, key, None)[0] for (image, _), key in zip(chunk, keys, strict=True)]
+                yield keys, torch.stack(pixels)
 
-    def _pixels(self, image: ImagePlan, flip: bool, crop_rng: random.Random | None):
+    def _pixels(self, image: ImagePlan, key: LatentKey, color_rng: random.Random | None):
         subset = self.plan.config.subsets[image.subset_index]
         return prepare_image(image.path, bucket=image.bucket, resized=image.resized_size,
-                             interpolation=subset.resize_interpolation, crop_rng=crop_rng, flip=flip,
-                             alpha_mask=subset.alpha_mask)
+                             interpolation=subset.resize_interpolation, offset=key.crop, flip=key.flip,
+                             alpha_mask=subset.alpha_mask, color_rng=color_rng)
 
     def set_epoch(self, epoch: int) -> None:
-        """Order of batches and of images inside buckets for `epoch` (depends on seed and epoch only)."""
+        """Order of batches and of images inside buckets for 0-based `epoch` (depends on seed and epoch only)."""
         self._epoch.value = epoch
 
     def _order(self) -> tuple[list[tuple[int, int]], list[list[int]]]:
@@ -121,24 +121,35 @@ class TrainDataset(Dataset):
         return [self.plan.images[k] for k in chosen]
 
     def __getitem__(self, index: int) -> Batch:
-        """One batch of the current epoch (see Batch); tokenized here when the dataset has a tokenizer."""
+        return self.batch(index, step=(self._epoch.value * len(self) + index) // self.accumulation)
+
+    def batch(self, index: int, step: int) -> Batch:
+        """Batch `index` of the current epoch, captions as at optimizer step `step` (token warmup); tokenized
+        here, in the loader worker, when the dataset has a tokenizer."""
         images = self.batch_images(index)
-        # One generator per batch: flips and random crops do not depend on DataLoader worker scheduling.
-        rng = random.Random(f"{self.seed}:{self._epoch.value}:{index}")
+        epoch = self._epoch.value
+        # One generator per batch: flips, crops and captions do not depend on DataLoader worker scheduling.
+        rng = random.Random(f"{self.seed}:{epoch}:{index}")
         pixels, latents, masks, captions, crops, keys = [], [], [], [], [], []
         for image in images:
             subset = self.plan.config.subsets[image.subset_index]
             flip = subset.flip_aug and rng.random() < 0.5
+            key = latent_key(image, crop_offset(image.resized_size, image.bucket,
+                                                rng if subset.random_crop else None), flip)
             mask = None
             if self.latents is not None:
-                latents.append(self.latents[(image.path, image.bucket, flip)])
+                latents.append(self.latents[key])
             if self.latents is None or subset.alpha_mask:  # with latents, decode only for the alpha mask
-                tensor, mask = self._pixels(image, flip, rng if subset.random_crop else None)
+                tensor, mask = self._pixels(image, key, rng if subset.color_aug else None)
                 pixels.append(tensor)
+            if image.mask_path is not None:
+                mask = prepare_mask(image.mask_path, original=image.original_size, bucket=image.bucket,
+                                    resized=image.resized_size, offset=key.crop, flip=flip)
             masks.append(mask)
-            keys.append((image.path, image.bucket, flip))
-            captions.append(final_caption(image.caption, subset, rng))
-            crops.append(crop_top_left(image.bucket, image.original_size, flip))
+            keys.append(key)
+            captions.append(process_caption(image.caption, subset, rng, epoch=epoch, step=step,
+                                            max_train_steps=self.max_train_steps))
+            crops.append(crop_top_left(image.resized_size, image.bucket, key.crop, flip))
         ids_1, ids_2 = self.tokenize(captions) if self.tokenize is not None else (None, None)
         return Batch(
             paths=[i.path for i in images], captions=captions, latent_keys=keys,
@@ -152,6 +163,10 @@ class TrainDataset(Dataset):
             masks=_stack_masks(masks, images[0].bucket),
             custom_attributes=[dict(self.plan.config.subsets[i.subset_index].custom_attributes) for i in images],
         )
+
+
+def latent_key(image: ImagePlan, crop: tuple[int, int], flip: bool) -> LatentKey:
+    return LatentKey(image.path, image.bucket, crop, flip)
 
 
 def _stack_masks(masks: list[torch.Tensor | None], bucket: Size) -> torch.Tensor | None:
@@ -193,9 +208,15 @@ class TrainDatasets(ConcatDataset):
             self._pairs, self._order_epoch = pairs, epoch
         return self._pairs
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> Batch:
         d, j = self.batch_order()[index]
-        return self.datasets[d][j]
+        accumulation = self.datasets[d].accumulation
+        return self.datasets[d].batch(j, step=(self._epoch.value * len(self) + index) // accumulation)
+
+    def set_schedule(self, max_train_steps: int, gradient_accumulation_steps: int = 1) -> None:
+        """The run's length and accumulation, for token warmup."""
+        for dataset in self.datasets:
+            dataset.set_schedule(max_train_steps, gradient_accumulation_steps)
 
     @property
     def plan(self) -> Plan:

@@ -94,6 +94,7 @@ def run(cfg: RunConfig) -> RunResult:
                                          and cfg.data.max_data_loader_n_workers > 0)
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
+    dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
     optimizer = build_optimizer(cfg.optim, param_groups(cfg.optim, trainable))
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
                                 warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))

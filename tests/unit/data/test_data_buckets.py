@@ -6,6 +6,7 @@ from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.data.buckets import (
     bucket_resolutions,
     bucketing_for,
+    centre_offset,
     cover_size,
     crop_top_left,
     floor_to_step,
@@ -100,14 +101,16 @@ def test_bucket_no_upscale_small_image_is_not_enlarged():
     assert bucketing.fit((500, 300)) == ((448, 256), (500, 300))
 
 
-def test_crop_top_left_by_hand():
-    # bucket 1216x832 (1.4615) vs image 1536x1024 (1.5): fit by width: 1216 x 810.67;
-    # left = 0, top = floor((832 - 810.67) / 2) = 10. Flipped: left = 1216 - (0 + 1216) = 0.
-    assert crop_top_left((1216, 832), (1536, 1024), flipped=False) == (10, 0)
-    assert crop_top_left((1216, 832), (1536, 1024), flipped=True) == (10, 0)
-    # bucket 1024x1024 vs 1000x1500 (0.667): fit by height: 682.67 x 1024; left = floor(341.33 / 2) = 170.
-    # Flipped: left = 1024 - (170 + 682.67) = 171.33 -> 171.
-    assert crop_top_left((1024, 1024), (1000, 1500), flipped=False) == (0, 170)
-    assert crop_top_left((1024, 1024), (1000, 1500), flipped=True) == (0, 171)
-    # Same aspect: the image fills the bucket.
-    assert crop_top_left((832, 1216), (832, 1216), flipped=True) == (0, 0)
+def test_crop_top_left_is_the_crop_actually_applied():
+    # 1536x1024 resized to cover bucket 1216x832: resized 1248x832 (832/1024 = 0.8125); centre window left =
+    # (1248 - 1216) // 2 = 16, top 0 -> conditioning (top, left) = (0, 16). Flipped, the window's left edge
+    # is what was cut on the right: 1248 - 1216 - 16 = 16.
+    assert crop_top_left((1248, 832), (1216, 832), (16, 0), flipped=False) == (0, 16)
+    assert crop_top_left((1248, 832), (1216, 832), (16, 0), flipped=True) == (0, 16)
+    # A random window at left 5 of 37 excess pixels: flipped, 37 - 5 = 32 were cut on the (new) left.
+    assert crop_top_left((1253, 832), (1216, 832), (5, 0), flipped=True) == (0, 32)
+    # Tall image: 1000x1500 covering 1024x1024 -> 1024x1536, centre top = 512 // 2 = 256.
+    assert centre_offset((1024, 1536), (1024, 1024)) == (0, 256)
+    assert crop_top_left((1024, 1536), (1024, 1024), (0, 256), flipped=True) == (256, 0)
+    # Same size: nothing cut.
+    assert crop_top_left((832, 1216), (832, 1216), (0, 0), flipped=True) == (0, 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import torch
@@ -11,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
 from sdxl_lora.data import dataset as dataset_module
-from sdxl_lora.data.dataset import TrainDataset, TrainDatasets, build_train_dataset, collate_first, final_caption
+from sdxl_lora.data.dataset import LatentKey, TrainDataset, TrainDatasets, build_train_dataset, collate_first
 from sdxl_lora.data.plan import build_plan
 
 
@@ -62,9 +61,10 @@ def test_batches_are_single_bucket_with_matching_shapes(tmp_path):
 def test_conditioning_values(tmp_path):
     dataset = make(tmp_path, batch_size=4)
     batch = next(dataset[i] for i in range(len(dataset)) if dataset[i].paths[0].endswith("c.png"))
-    # c 200x64 in bucket (192,64): bucket 3.0 < image 3.125 -> fit by width: 192 x 61.44; top = floor(1.28) = 1.
+    # c 200x64 in bucket (192,64): covers at scale 64/64 -> resized 200x64, centre window left (200-192)//2 = 4.
     assert batch.original_size_hw.tolist() == [[64, 200], [64, 200]]
-    assert batch.crop_top_left.tolist() == [[1, 0], [1, 0]]
+    assert batch.crop_top_left.tolist() == [[0, 4], [0, 4]]
+    assert batch.latent_keys[0] == LatentKey(batch.paths[0], (192, 64), (4, 0), False)
     assert batch.captions == ["sks", "sks"]
 
 
@@ -108,13 +108,17 @@ def test_epoch_order_follows_sd_scripts_rule_worked_by_hand(tmp_path, monkeypatc
 
 class Numbered(torch.utils.data.Dataset):
     def __init__(self, name: str, batches: int):
-        self.name, self.batches, self.epochs = name, batches, []
+        self.name, self.batches, self.epochs, self.steps, self.accumulation = name, batches, [], [], 1
 
     def __len__(self) -> int:
         return self.batches
 
-    def __getitem__(self, index: int) -> tuple[str, int]:
+    def batch(self, index: int, step: int) -> tuple[str, int]:
+        self.steps.append(step)
         return self.name, index
+
+    def set_schedule(self, max_train_steps: int, accumulation: int) -> None:
+        self.accumulation = accumulation
 
     def set_epoch(self, epoch: int) -> None:
         self.epochs.append(epoch)
@@ -136,6 +140,12 @@ def test_batches_of_all_datasets_are_shuffled_together_worked_by_hand(monkeypatc
     # Pairs A0 A1 A2 B0 B1; riffled (even positions, then odd): A0 A2 B1 A1 B0.
     assert [datasets[k] for k in range(len(datasets))] == [("A", 0), ("A", 2), ("B", 1), ("A", 1), ("B", 0)]
     assert seeds == [42] and datasets.datasets[0].epochs == [2] == datasets.datasets[1].epochs
+    # Optimizer step of item k in epoch 2 with accumulation 2: (2 * 5 + k) // 2 = 5, 5, 6, 6, 7 for k = 0..4,
+    # i.e. A0 5, A2 5, B1 6, A1 6, B0 7.
+    datasets.set_schedule(100, 2)
+    for k in range(5):
+        datasets[k]
+    assert datasets.datasets[0].steps[-3:] == [5, 5, 6] and datasets.datasets[1].steps[-2:] == [6, 7]
 
 
 def test_real_batch_order_mixes_datasets_and_is_reproducible():
@@ -152,16 +162,17 @@ def test_real_batch_order_mixes_datasets_and_is_reproducible():
 
 def test_flip_aug_flips_some_images_and_their_crop_conditioning(tmp_path):
     dataset = make(tmp_path, batch_size=4, flip_aug=True)
-    lefts = set()
+    lefts, flips = set(), set()
     for epoch in range(4):
         dataset.set_epoch(epoch)
         for index in range(len(dataset)):
             batch = dataset[index]
             lefts |= {tuple(x) for x, p in zip(batch.crop_top_left.tolist(), batch.paths, strict=True)
                       if p.endswith("e.png")}
-    # e 64x210 in (64,192): bucket 0.333 > image 0.305 -> fit by height: 58.51 x 192;
-    # left = floor(5.49 / 2) = 2; flipped: 64 - (2 + 58.51) = 3.49 -> 3.
-    assert lefts == {(0, 2), (0, 3)}
+            flips |= {k.flip for k in batch.latent_keys}
+    # c 200x64 in (192,64): resized 200x64, window left 4 of 8 excess; flipped 8 - 4 = 4. e 64x210 in (64,192):
+    # resized 64x210 (scale 1), top (210 - 192) // 2 = 9, no horizontal excess: (9, 0) flipped or not.
+    assert lefts == {(9, 0)} and flips == {False, True}
     dataset.set_epoch(1)
     assert torch.equal(dataset[0].images, dataset[0].images)  # same flips for the same epoch and index
 
@@ -173,11 +184,11 @@ def test_images_for_cache_cover_every_image_and_flip_once(tmp_path):
     # 5 training images with and without flip + 1 regularisation image (no flip_aug on that subset).
     assert len(keys) == len(set(keys)) == 11
     for chunk_keys, images in chunks:
-        (width, height), = {bucket for _, bucket, _ in chunk_keys}
+        (width, height), = {key.bucket for key in chunk_keys}
         assert images.shape == (len(chunk_keys), 3, height, width) and len(chunk_keys) <= 3
     by_key = {key: image for chunk_keys, images in chunks for key, image in zip(chunk_keys, images, strict=True)}
     path = dataset.plan.images[0].path
-    assert torch.equal(by_key[(path, (128, 128), True)], by_key[(path, (128, 128), False)].flip(-1))
+    assert torch.equal(by_key[(path, (128, 128), (0, 0), True)], by_key[(path, (128, 128), (0, 0), False)].flip(-1))
 
 
 def test_latents_replace_images_after_set_latents(tmp_path):
@@ -191,14 +202,6 @@ def test_latents_replace_images_after_set_latents(tmp_path):
     assert batch.images is None and with_images.images is not None and with_images.latents is None
     assert batch.latent_keys == with_images.latent_keys  # same flips either way
     assert torch.equal(batch.latents, torch.stack([cache[k] for k in batch.latent_keys]))
-
-
-def test_final_caption_prefix_suffix_and_wildcards():
-    subset = SubsetConfig("x", caption_prefix="best,", caption_suffix="end", enable_wildcard=True)
-    rng = random.Random(0)
-    captions = {final_caption("a {red|blue} dog\ncat", subset, rng) for _ in range(50)}
-    assert captions == {"best, a red dog end", "best, a blue dog end", "best, cat end"}
-    assert final_caption("a {x|y}", SubsetConfig("x"), rng) == "a {x|y}"  # no wildcards: literal
 
 
 def test_concatenated_datasets_through_a_dataloader(tmp_path):
@@ -231,3 +234,33 @@ def test_batches_carry_token_ids_from_loader_workers(tmp_path):
     assert torch.equal(batch.input_ids_1, expected[0]) and torch.equal(batch.input_ids_2, expected[1])
     moved = batch.to("cpu")
     assert moved.paths == batch.paths and torch.equal(moved.images, batch.images)
+
+
+def test_caption_dropout_every_n_epochs_applies_from_the_first_batch(tmp_path):
+    dataset = make(tmp_path, caption_dropout_every_n_epochs=2)
+    # 0-based epoch 1 is the user's epoch 2: every training caption of that epoch is empty, batch 0 included.
+    dataset.set_epoch(1)
+    assert [c for k in range(len(dataset)) for c, p in zip(dataset[k].captions, dataset[k].paths, strict=True)
+            if "/train/" in p] == [""] * 10
+    dataset.set_epoch(2)
+    assert all(c == "sks" for k in range(len(dataset)) for c, p in
+               zip(dataset[k].captions, dataset[k].paths, strict=True) if "/train/" in p)
+
+
+def test_token_warmup_follows_the_optimizer_step_of_each_batch(tmp_path):
+    (plan,) = build_plan((config(tmp_path, token_warmup_step=8, token_warmup_min=1,
+                                 caption_prefix="p1, p2, p3, p4, p5,"),)).datasets
+    dataset = TrainDataset(plan, seed=7)
+    dataset.set_schedule(max_train_steps=100, gradient_accumulation_steps=2)
+    # Caption "p1, ..., p5, sks": 6 tags. Epoch 1 of 8 batches: batch k is step (8 + k) // 2 = 4 4 5 5 6 6 7 7;
+    # floor(step * (6 - 1) / 8) + 1 tags = 3 3 4 4 4 4 5 5.
+    dataset.set_epoch(1)
+    expected = [3, 3, 4, 4, 4, 4, 5, 5]
+    seen = 0
+    for k in range(8):
+        batch = dataset[k]
+        for caption, path in zip(batch.captions, batch.paths, strict=True):
+            if "/train/" in path:
+                assert caption == ", ".join(["p1", "p2", "p3", "p4", "p5"][:expected[k]]), k
+                seen += 1
+    assert seen == 10
