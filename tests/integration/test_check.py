@@ -51,7 +51,7 @@ def test_check_json_matches_hand_calculation(argv, capsys, monkeypatch):
     assert doc["trains"] == {"unet": True, "te1": False, "te2": False}
     wide = next(i for i in ds["images"] if i["path"].endswith("img00.png"))
     assert wide["original_size"] == [1536, 1024] and wide["bucket"] == [1024, 704]
-    assert wide["resized_size"] == [1056, 704] and wide["crop_top_left"] == [10, 0]
+    assert wide["resized_size"] == [1056, 704] and wide["crop_top_left"] == [0, 16]  # (1056 - 1024) // 2
     assert wide["target_size"] == [1024, 704]
     assert doc["saves"][0]["path"].endswith("mix.safetensors")
 

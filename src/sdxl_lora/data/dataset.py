@@ -1,8 +1,10 @@
 """The training Dataset (spec 2.6): each item is a whole batch of images from one bucket.
 
-Use with `DataLoader(dataset, batch_size=1, shuffle=True, collate_fn=collate_first)`. Models are not touched
-here: `latent_jobs` lists the latents to cache, and `set_latents` takes the cache back as a mapping keyed by
-LatentKey (a dict in memory or latent_cache.DiskLatents; both pickle into DataLoader workers).
+Use with `DataLoader(datasets, batch_size=1, shuffle=False, collate_fn=collate_first)`: TrainDatasets orders
+the batches of all datasets itself, seeded per epoch (sd-scripts shuffles them together with the loader).
+Models are not touched here: `latent_jobs` lists the latents to cache, and `set_latents` takes the cache back
+as a mapping keyed by LatentKey (a dict in memory or latent_cache.DiskLatents; both pickle into DataLoader
+workers).
 """
 
 from __future__ import annotations
@@ -10,42 +12,32 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
+from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.data import metadata
-from sdxl_lora.data.buckets import crop_top_left
-from sdxl_lora.data.images import prepare_image
+from sdxl_lora.data.batch import Batch
+from sdxl_lora.data.buckets import Size, centre_offset, crop_top_left
+from sdxl_lora.data.captions import process_caption
+from sdxl_lora.data.images import crop_offset, prepare_image, prepare_mask
 from sdxl_lora.data.latent_cache import LatentJob, LatentKey
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
 
-_WILDCARD = re.compile(r"\{([^{}]*)\}")
-
-
-def final_caption(caption: str, subset: SubsetConfig, rng: random.Random) -> str:
-    """The caption fed to the text encoders: one random line and `{a|b}` choices with enable_wildcard,
-    then caption_prefix / caption_suffix joined with a space."""
-    if subset.enable_wildcard:
-        caption = rng.choice(caption.split("\n"))
-    if subset.caption_prefix:
-        caption = f"{subset.caption_prefix} {caption}"
-    if subset.caption_suffix:
-        caption = f"{caption} {subset.caption_suffix}"
-    if subset.enable_wildcard:
-        caption = _WILDCARD.sub(lambda m: rng.choice(m.group(1).split("|")), caption)
-    return caption
+Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+"""captions -> (input_ids_1, input_ids_2), each (B, n, 77): a picklable function (functools.partial of
+models.text.tokenize with both tokenizers) so that it runs in DataLoader workers."""
 
 
 class TrainDataset(Dataset):
     """One dataset's batches; `set_epoch` reshuffles them like sd-scripts (seeded by seed + epoch)."""
 
     def __init__(self, plan: DatasetPlan, *, seed: int, prior_loss_weight: float = 1.0,
-                 latents: Mapping[LatentKey, torch.Tensor] | None = None):
+                 latents: Mapping[LatentKey, torch.Tensor] | None = None, tokenize: Tokenize | None = None):
         self.plan = plan
+        self.tokenize = tokenize
         self.seed = seed
         self.prior_loss_weight = prior_loss_weight
         self.latents = latents
@@ -57,10 +49,15 @@ class TrainDataset(Dataset):
         # Shared with DataLoader workers, so that set_epoch reaches persistent workers too.
         self._epoch = multiprocessing.RawValue("i", 0)
         self._order_epoch: int | None = None
+        self.max_train_steps, self.accumulation = 0, 1
 
     def set_latents(self, latents: Mapping[LatentKey, torch.Tensor] | None) -> None:
         """Serve cached latents (C, h, w) instead of decoding images; None goes back to images."""
         self.latents = latents
+
+    def set_schedule(self, max_train_steps: int, gradient_accumulation_steps: int = 1) -> None:
+        """The run's length, for token warmup (a batch's step is derived from its epoch and index)."""
+        self.max_train_steps, self.accumulation = max_train_steps, max(1, gradient_accumulation_steps)
 
     def latent_jobs(self) -> list[LatentJob]:
         """Every latent the cache must hold: each image that trains (repeats > 0) at its bucket, centre-cropped,
@@ -69,24 +66,25 @@ class TrainDataset(Dataset):
         for image in self.plan.images:
             if image.repeats > 0:
                 subset = self.plan.config.subsets[image.subset_index]
-                jobs += [LatentJob(image.path, image.bucket, image.resized_size, flip, subset.resize_interpolation)
+                crop = centre_offset(image.resized_size, image.bucket)
+                jobs += [LatentJob(latent_key(image, crop, flip), image.resized_size, subset.resize_interpolation)
                          for flip in ((False, True) if subset.flip_aug else (False,))]
         return jobs
 
-    def _pixels(self, image: ImagePlan, flip: bool, crop_rng: random.Random | None):
+    def _pixels(self, image: ImagePlan, key: LatentKey, color_rng: random.Random | None):
         subset = self.plan.config.subsets[image.subset_index]
         return prepare_image(image.path, bucket=image.bucket, resized=image.resized_size,
-                             interpolation=subset.resize_interpolation, crop_rng=crop_rng, flip=flip,
-                             alpha_mask=subset.alpha_mask)
+                             interpolation=subset.resize_interpolation, offset=key.crop, flip=key.flip,
+                             alpha_mask=subset.alpha_mask, color_rng=color_rng)
 
     def set_epoch(self, epoch: int) -> None:
-        """Order of batches and of images inside buckets for `epoch` (depends on seed and epoch only)."""
+        """Order of batches and of images inside buckets for 0-based `epoch` (depends on seed and epoch only)."""
         self._epoch.value = epoch
 
     def _order(self) -> tuple[list[tuple[int, int]], list[list[int]]]:
         epoch = self._epoch.value
         if self._order_epoch != epoch:
-            rng = random.Random(self.seed + epoch)
+            rng = epoch_rng(self.seed, epoch)
             batches = [(b, j) for b, bucket in enumerate(self._buckets)
                        for j in range(math.ceil(len(bucket) / self.batch_size))]
             rng.shuffle(batches)
@@ -106,56 +104,103 @@ class TrainDataset(Dataset):
         chosen = buckets[b][j * self.batch_size:(j + 1) * self.batch_size]
         return [self.plan.images[k] for k in chosen]
 
-    def __getitem__(self, index: int) -> dict:
-        """One batch: images (B,3,H,W) or, after set_latents, latents (B,C,h,w); captions; original_size_hw,
-        crop_top_left and target_size_hw (B,2) int64; loss_weights (B,); paths; latent_keys; custom_attributes;
-        and alpha_masks (B,H,W) when a subset of the batch uses alpha_mask."""
+    def __getitem__(self, index: int) -> Batch:
+        return self.batch(index, step=(self._epoch.value * len(self) + index) // self.accumulation)
+
+    def batch(self, index: int, step: int) -> Batch:
+        """Batch `index` of the current epoch, captions as at optimizer step `step` (token warmup); tokenized
+        here, in the loader worker, when the dataset has a tokenizer."""
         images = self.batch_images(index)
-        # One generator per batch: flips and random crops do not depend on DataLoader worker scheduling.
-        rng = random.Random(f"{self.seed}:{self._epoch.value}:{index}")
-        pixels, latents, masks, captions, crops, attributes, keys = [], [], [], [], [], [], []
+        epoch = self._epoch.value
+        # One generator per batch: flips, crops and captions do not depend on DataLoader worker scheduling.
+        rng = random.Random(f"{self.seed}:{epoch}:{index}")
+        pixels, latents, masks, captions, crops, keys = [], [], [], [], [], []
         for image in images:
             subset = self.plan.config.subsets[image.subset_index]
             flip = subset.flip_aug and rng.random() < 0.5
+            key = latent_key(image, crop_offset(image.resized_size, image.bucket,
+                                                rng if subset.random_crop else None), flip)
             mask = None
             if self.latents is not None:
-                latents.append(self.latents[(image.path, image.bucket, flip)])
+                latents.append(self.latents[key])
             if self.latents is None or subset.alpha_mask:  # with latents, decode only for the alpha mask
-                tensor, mask = self._pixels(image, flip, rng if subset.random_crop else None)
+                tensor, mask = self._pixels(image, key, rng if subset.color_aug else None)
                 pixels.append(tensor)
+            if image.mask_path is not None:
+                mask = prepare_mask(image.mask_path, original=image.original_size, bucket=image.bucket,
+                                    resized=image.resized_size, offset=key.crop, flip=flip)
             masks.append(mask)
-            keys.append((image.path, image.bucket, flip))
-            captions.append(final_caption(image.caption, subset, rng))
-            crops.append(crop_top_left(image.bucket, image.original_size, flip))
-            attributes.append(dict(subset.custom_attributes))
-        batch = self._collate(images, pixels, latents, masks, captions, crops, attributes)
-        batch["latent_keys"] = keys
-        return batch
+            keys.append(key)
+            captions.append(process_caption(image.caption, subset, rng, epoch=epoch, step=step,
+                                            max_train_steps=self.max_train_steps))
+            crops.append(crop_top_left(image.resized_size, image.bucket, key.crop, flip))
+        ids_1, ids_2 = self.tokenize(captions) if self.tokenize is not None else (None, None)
+        return Batch(
+            paths=[i.path for i in images], captions=captions, latent_keys=keys,
+            original_size_hw=torch.tensor([(i.original_size[1], i.original_size[0]) for i in images]),
+            crop_top_left=torch.tensor(crops, dtype=torch.long),
+            target_size_hw=torch.tensor([(i.bucket[1], i.bucket[0]) for i in images]),
+            loss_weights=torch.tensor([self.prior_loss_weight if i.is_reg else 1.0 for i in images]),
+            input_ids_1=ids_1, input_ids_2=ids_2,
+            images=torch.stack(pixels) if self.latents is None else None,
+            latents=torch.stack(latents) if self.latents is not None else None,
+            masks=_stack_masks(masks, images[0].bucket),
+            custom_attributes=[dict(self.plan.config.subsets[i.subset_index].custom_attributes) for i in images],
+        )
 
-    def _collate(self, images, pixels, latents, masks, captions, crops, attributes) -> dict:
-        batch = {
-            "captions": captions,
-            "original_size_hw": torch.tensor([(i.original_size[1], i.original_size[0]) for i in images]),
-            "crop_top_left": torch.tensor(crops, dtype=torch.long),
-            "target_size_hw": torch.tensor([(i.bucket[1], i.bucket[0]) for i in images]),
-            "loss_weights": torch.tensor([self.prior_loss_weight if i.is_reg else 1.0 for i in images]),
-            "paths": [i.path for i in images],
-            "custom_attributes": attributes,
-        }
-        if self.latents is not None:
-            batch["latents"] = torch.stack(latents)
-        else:
-            batch["images"] = torch.stack(pixels)
-        if any(m is not None for m in masks):
-            ones = torch.ones(images[0].bucket[1], images[0].bucket[0])
-            batch["alpha_masks"] = torch.stack([m if m is not None else ones for m in masks])
-        return batch
+
+def latent_key(image: ImagePlan, crop: tuple[int, int], flip: bool) -> LatentKey:
+    return LatentKey(image.path, image.bucket, crop, flip)
+
+
+def _stack_masks(masks: list[torch.Tensor | None], bucket: Size) -> torch.Tensor | None:
+    """(B, H, W) masks, ones for samples without one; None when no sample has a mask."""
+    if all(m is None for m in masks):
+        return None
+    ones = torch.ones(bucket[1], bucket[0])
+    return torch.stack([m if m is not None else ones for m in masks])
+
+
+def epoch_rng(seed: int, epoch: int) -> random.Random:
+    """The generator that orders an epoch: seeded with seed + epoch, as sd-scripts' random.seed(seed + epoch)."""
+    return random.Random(seed + epoch)
 
 
 class TrainDatasets(ConcatDataset):
-    """All training datasets one after another; `set_epoch` reaches each."""
+    """All training datasets; each epoch their batches come in one shuffled order (sd-scripts' DataLoader
+    shuffle over the concatenated datasets), so several [[datasets]] mix instead of following each other.
+
+    Item `index` of epoch e is batch j of dataset d, where (d, j) is entry `index` of the list of every
+    (dataset, batch) pair in configuration order shuffled by `epoch_rng(seed, e)`.
+    """
 
     datasets: list[TrainDataset]
+
+    def __init__(self, datasets: list[TrainDataset], *, seed: int):
+        super().__init__(datasets)
+        self.seed = seed
+        # Shared with DataLoader workers, so that set_epoch reaches persistent workers too.
+        self._epoch = multiprocessing.RawValue("i", 0)
+        self._order_epoch: int | None = None
+
+    def batch_order(self) -> list[tuple[int, int]]:
+        """(dataset index, batch index in that dataset's epoch order) of every item of the current epoch."""
+        epoch = self._epoch.value
+        if self._order_epoch != epoch:
+            pairs = [(d, j) for d, dataset in enumerate(self.datasets) for j in range(len(dataset))]
+            epoch_rng(self.seed, epoch).shuffle(pairs)
+            self._pairs, self._order_epoch = pairs, epoch
+        return self._pairs
+
+    def __getitem__(self, index: int) -> Batch:
+        d, j = self.batch_order()[index]
+        accumulation = self.datasets[d].accumulation
+        return self.datasets[d].batch(j, step=(self._epoch.value * len(self) + index) // accumulation)
+
+    def set_schedule(self, max_train_steps: int, gradient_accumulation_steps: int = 1) -> None:
+        """The run's length and accumulation, for token warmup."""
+        for dataset in self.datasets:
+            dataset.set_schedule(max_train_steps, gradient_accumulation_steps)
 
     @property
     def plan(self) -> Plan:
@@ -181,6 +226,7 @@ class TrainDatasets(ConcatDataset):
         return metadata.dataset_dirs(self.plan, reg)
 
     def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
         for dataset in self.datasets:
             dataset.set_epoch(epoch)
 
@@ -198,15 +244,22 @@ def dataset_seed(seed: int, index: int) -> int:
     return random.Random(f"dataset:{seed}:{index}").randrange(2**31)
 
 
+def batch_order_seed(seed: int) -> int:
+    """Seed of the order of batches across datasets (sd-scripts: the loader's torch generator)."""
+    return random.Random(f"batches:{seed}").randrange(2**31)
+
+
 def build_train_dataset(plan: Plan | tuple[DatasetConfig, ...], *, seed: int, prior_loss_weight: float = 1.0,
-                        latents: Mapping[LatentKey, torch.Tensor] | None = None) -> TrainDatasets:
+                        latents: Mapping[LatentKey, torch.Tensor] | None = None,
+                        tokenize: Tokenize | None = None) -> TrainDatasets:
     """One TrainDataset per planned dataset, concatenated. Given configs, plans them first (build_plan)."""
     if not isinstance(plan, Plan):
         plan = build_plan(tuple(plan))
     return TrainDatasets([TrainDataset(d, seed=dataset_seed(seed, i), prior_loss_weight=prior_loss_weight,
-                                       latents=latents) for i, d in enumerate(plan.datasets)])
+                                       latents=latents, tokenize=tokenize) for i, d in enumerate(plan.datasets)],
+                         seed=batch_order_seed(seed))
 
 
-def collate_first(items: list[dict]) -> dict:
+def collate_first(items: list[Batch]) -> Batch:
     """DataLoader collate_fn for batch_size=1: dataset items already are batches."""
     return items[0]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -30,12 +31,20 @@ from sdxl_lora.data.cache_files import (
     read_entry,
     write_entry,
 )
-from sdxl_lora.data.images import crop_offset, prepare_image
+from sdxl_lora.data.images import prepare_image
 
 logger = logging.getLogger(__name__)
 
-LatentKey = tuple[str, Size, bool]
-"""(image path, bucket (w, h), flipped): one cached latent."""
+class LatentKey(NamedTuple):
+    """What one cached latent was encoded from: the same key always means the same pixels."""
+
+    path: str
+    bucket: Size
+    """(width, height) the image was resized and cropped to (tells apart datasets of other resolutions)."""
+    crop: tuple[int, int]
+    """(left, top) of the bucket window in the resized image."""
+    flip: bool
+
 
 Encode = Callable[[torch.Tensor, Sequence["LatentJob"]], torch.Tensor]
 """(pixels (n, 3, H, W), their jobs) -> raw latents (n, C, h, w)."""
@@ -43,30 +52,23 @@ Encode = Callable[[torch.Tensor, Sequence["LatentJob"]], torch.Tensor]
 
 @dataclass(frozen=True)
 class LatentJob:
-    """One latent to cache: an image at its bucket, centre-cropped, maybe flipped."""
+    """One latent to cache: an image resized, cropped to its bucket, maybe flipped."""
 
-    path: str
-    bucket: Size
-    """(width, height) of the training tensor."""
+    key: LatentKey
     resized: Size
     """(width, height) after resizing, before the crop."""
-    flip: bool
     interpolation: str | None
     """The subset's resize_interpolation."""
 
-    @property
-    def key(self) -> LatentKey:
-        return (self.path, self.bucket, self.flip)
-
     def recipe(self) -> str:
         """Everything that shapes the pixels, the image file's size and mtime included (not its folder)."""
-        left, top = crop_offset(self.resized, self.bucket, None)
-        return (f"{Path(self.path).name}|{file_fingerprint(self.path)}|bucket={self.bucket}|"
-                f"resized={self.resized}|crop={left},{top}|flip={int(self.flip)}|{self.interpolation}")
+        path, bucket, (left, top), flip = self.key
+        return (f"{Path(path).name}|{file_fingerprint(path)}|bucket={bucket}|resized={self.resized}|"
+                f"crop={left},{top}|flip={int(flip)}|{self.interpolation}")
 
     def pixels(self) -> torch.Tensor:
-        return prepare_image(self.path, bucket=self.bucket, resized=self.resized,
-                             interpolation=self.interpolation, flip=self.flip)[0]
+        return prepare_image(self.key.path, bucket=self.key.bucket, resized=self.resized,
+                             interpolation=self.interpolation, offset=self.key.crop, flip=self.key.flip)[0]
 
 
 def latent_shape(bucket: Size, channels: int) -> tuple[int, int, int]:
@@ -133,7 +135,7 @@ def build_latent_cache(jobs: Sequence[LatentJob], encode: Encode, settings: Late
 
 def _entry(job: LatentJob, vae_identity: str) -> tuple[Path, str]:
     key = f"latents|{job.recipe()}|vae={vae_identity}"
-    return entry_path(job.path, "latents", digest(key)), key
+    return entry_path(job.key.path, "latents", digest(key)), key
 
 
 def _usable(job: LatentJob, entry: tuple[Path, str], settings: LatentCacheSettings) -> bool:
@@ -143,9 +145,9 @@ def _usable(job: LatentJob, entry: tuple[Path, str], settings: LatentCacheSettin
     if settings.skip_check:
         return True
     try:
-        check_tensor(read_entry(path, key), "latents", latent_shape(job.bucket, settings.channels))
+        check_tensor(read_entry(path, key), "latents", latent_shape(job.key.bucket, settings.channels))
     except CacheEntryError as err:
-        logger.warning("latent cache entry %s of %s %s: encoding it again", path, job.path, err)
+        logger.warning("latent cache entry %s of %s %s: encoding it again", path, job.key.path, err)
         return False
     return True
 
@@ -157,7 +159,7 @@ def _encode_batches(jobs: Sequence[LatentJob], encode: Encode, batch_size: int,
 
     by_bucket: dict[Size, list[LatentJob]] = {}
     for job in jobs:
-        by_bucket.setdefault(job.bucket, []).append(job)
+        by_bucket.setdefault(job.key.bucket, []).append(job)
     batches = [group[i:i + batch_size] for bucket in sorted(by_bucket)
                for group in [by_bucket[bucket]] for i in range(0, len(group), batch_size)]
     if not batches:

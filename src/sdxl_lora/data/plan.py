@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.config.errors import ConfigError
-from sdxl_lora.data.buckets import Size, bucketing_for, crop_top_left
+from sdxl_lora.data.buckets import Size, bucketing_for, centre_offset, crop_top_left
 from sdxl_lora.data.discover import FoundImage, discover_subset
 
 logger = logging.getLogger(__name__)
@@ -33,12 +33,14 @@ class ImagePlan:
     resized_size: Size
     """(width, height) after resizing, before cropping to the bucket."""
     crop_top_left: tuple[int, int]
-    """(top, left) SDXL crop conditioning without a flip."""
+    """(top, left) SDXL crop conditioning of the centre crop without a flip."""
     repeats: int
     """Times per epoch (for regularisation images: after balancing, 0 = unused)."""
     subset_index: int
     """Index into the dataset config's subsets."""
     is_reg: bool
+    mask_path: str | None = None
+    """conditioning_data_dir mask of this image, if any."""
 
     def to_dict(self) -> dict:
         return {"path": self.path, "caption": self.caption, "bucket": list(self.bucket),
@@ -156,7 +158,8 @@ def _plan_dataset(dataset: DatasetConfig) -> tuple[DatasetPlan, list[str]]:
                             f"too small for bucket_reso_steps={dataset.bucket_reso_steps}")
             continue
         images.append(ImagePlan(str(image.path), image.caption, image.size, bucket, resized,
-                                crop_top_left(bucket, image.size, flipped=False), count, index,
+                                crop_top_left(resized, bucket, centre_offset(resized, bucket), flipped=False),
+                                count, index,
                                 dataset.subsets[index].is_reg))
     samples = Counter()
     for image in images:

@@ -30,14 +30,9 @@ class TextSource(Protocol):
         """(context (B, L, D), pooled (B, P)) on the training device."""
 
 
-def field(batch, name: str):
-    """A batch field by name (the batch is a dict until data.batch.Batch lands)."""
-    return batch.get(name) if isinstance(batch, dict) else getattr(batch, name, None)
-
-
 def latent_names(keys) -> list[str]:
-    """The file of each latent key (path, bucket, flip), marked when flipped, for messages."""
-    return [f"{path} (flipped)" if flip else str(path) for path, _, flip in keys]
+    """The file of each latent key (path, bucket, crop, flip), marked when flipped, for messages."""
+    return [f"{key[0]} (flipped)" if key[-1] else str(key[0]) for key in keys]
 
 
 class VaeLatents:
@@ -47,9 +42,9 @@ class VaeLatents:
         self.vae, self.device, self.vae_batch_size = vae, device, vae_batch_size
 
     def latents(self, batch) -> torch.Tensor:
-        keys = field(batch, "latent_keys")
-        seeds = [latent_seed(path, bucket, flip) for path, bucket, flip in keys]
-        raw = encode_images(self.vae, field(batch, "images"), latent_names(keys), seeds, self.device,
+        keys = batch.latent_keys
+        seeds = [latent_seed(key) for key in keys]
+        raw = encode_images(self.vae, batch.images, latent_names(keys), seeds, self.device,
                             self.vae_batch_size)
         return raw * self.vae.config.scaling_factor
 
@@ -61,22 +56,19 @@ class CachedLatents:
         self.scaling_factor, self.device = scaling_factor, device
 
     def latents(self, batch) -> torch.Tensor:
-        return field(batch, "latents").to(self.device, dtype=torch.float32) * self.scaling_factor
+        return batch.latents.to(self.device, dtype=torch.float32) * self.scaling_factor
 
 
 class EncoderText:
-    """Run both text encoders every step; gradients flow only when their LoRA trains."""
+    """Run both text encoders every step on the token ids the loader workers made; gradients flow only when
+    their LoRA trains."""
 
-    def __init__(self, encode: Callable[[torch.Tensor, torch.Tensor], Conditioning],
-                 tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]], device, trains: bool):
-        self.encode, self.tokenize, self.device, self.trains = encode, tokenize, device, trains
+    def __init__(self, encode: Callable[[torch.Tensor, torch.Tensor], Conditioning], device, trains: bool):
+        self.encode, self.device, self.trains = encode, device, trains
 
     def conditioning(self, batch) -> Conditioning:
-        ids1, ids2 = field(batch, "input_ids_1"), field(batch, "input_ids_2")
-        if ids1 is None:
-            ids1, ids2 = self.tokenize(list(field(batch, "captions")))
         with torch.set_grad_enabled(self.trains):
-            return self.encode(ids1.to(self.device), ids2.to(self.device))
+            return self.encode(batch.input_ids_1.to(self.device), batch.input_ids_2.to(self.device))
 
 
 class CachedText:
@@ -86,8 +78,7 @@ class CachedText:
         self.store, self.device, self.dtype = store, device, dtype
 
     def conditioning(self, batch) -> Conditioning:
-        pairs = [self.store.get(caption, path) for caption, path in zip(field(batch, "captions"),
-                                                                          field(batch, "paths"), strict=True)]
+        pairs = [self.store.get(caption, path) for caption, path in zip(batch.captions, batch.paths, strict=True)]
         context = torch.stack([c for c, _ in pairs]).to(self.device, dtype=self.dtype)
         pooled = torch.stack([p for _, p in pairs]).to(self.device, dtype=self.dtype)
         return context, pooled

@@ -23,10 +23,11 @@ from sdxl_lora.config.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def latent_seed(path: str | Path, bucket: tuple[int, int], flip: bool) -> int:
-    """Seed of an image's posterior sample: its file name, bucket (w, h) and flip (not the folder, so a moved
-    dataset keeps its cache valid)."""
-    text = f"{Path(path).name}|{bucket[0]}x{bucket[1]}|{int(flip)}"
+def latent_seed(key) -> int:
+    """Seed of an image's posterior sample from its latent key (path, bucket, crop, flip): the file name, not
+    the folder, so a moved dataset keeps its cache valid."""
+    path, bucket, crop, flip = key
+    text = f"{Path(path).name}|{bucket[0]}x{bucket[1]}|{crop[0]},{crop[1]}|{int(flip)}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 

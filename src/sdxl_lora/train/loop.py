@@ -5,6 +5,7 @@ Only this module imports models, network and data together.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 
 from sdxl_lora.config.schema import RunConfig
+from sdxl_lora.data.batch import Batch
+from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.noise import noisy_latents, sample_timesteps
@@ -43,6 +46,7 @@ def run(cfg: RunConfig) -> RunResult:
     from accelerate.utils import set_seed
 
     from sdxl_lora.data.dataset import build_train_dataset, collate_first
+    from sdxl_lora.data.plan import build_plan
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
     from sdxl_lora.network.lora import apply_lora
@@ -55,10 +59,13 @@ def run(cfg: RunConfig) -> RunResult:
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
 
-    # The dataset is built first: its epoch-shuffle seed is drawn right after global seeding (as sd-scripts).
-    dataset = build_train_dataset(cfg.data.datasets, seed=random.randint(0, 2**31),
-                                  prior_loss_weight=cfg.data.prior_loss_weight)
+    # The datasets are scanned before any weight is read (bad data stops the run early) and their epoch-shuffle
+    # seed is drawn right after global seeding (as sd-scripts); the dataset needs the loaded tokenizers.
+    data_plan, data_seed = build_plan(cfg.data.datasets), random.randint(0, 2**31)
     models = load_sdxl(cfg.model, accelerator.device)
+    dataset = build_train_dataset(data_plan, seed=data_seed, prior_loss_weight=cfg.data.prior_loss_weight,
+                                  tokenize=functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
+                                                             max_token_length=cfg.model.max_token_length))
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
@@ -77,12 +84,14 @@ def run(cfg: RunConfig) -> RunResult:
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(models, cfg.network.train_text_encoder)
 
+    # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_first,
                                          num_workers=min(cfg.data.max_data_loader_n_workers, _cpus()),
                                          persistent_workers=cfg.data.persistent_data_loader_workers
                                          and cfg.data.max_data_loader_n_workers > 0)
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
+    dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
     optimizer = build_optimizer(cfg.optim, param_groups(cfg.optim, trainable))
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
                                 warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
@@ -93,7 +102,7 @@ def run(cfg: RunConfig) -> RunResult:
     if cfg.network.train_text_encoder:
         te1, te2 = accelerator.prepare(te1, te2)
     _log_plan(plan, dataset, trainable)
-    text_source = text_source_for(cfg, models, te1, te2, accelerator.device)
+    text_source = text_source_for(cfg, te1, te2, accelerator.device)
 
     from sdxl_lora.train.save import RunSaver
 
@@ -119,8 +128,8 @@ def run(cfg: RunConfig) -> RunResult:
                     pred = unet(noisy.to(weight_dtype), timesteps, context.to(weight_dtype),
                                 added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids}
                                 ).sample
-                per_sample = losses.per_sample_l2(pred, noise, batch.get("alpha_masks"))
-                loss = losses.weighted_mean(per_sample, batch["loss_weights"].to(accelerator.device))
+                per_sample = losses.per_sample_l2(pred, noise, batch.masks)
+                loss = losses.weighted_mean(per_sample, batch.loss_weights.to(accelerator.device))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm:
                     accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
@@ -148,14 +157,14 @@ def run(cfg: RunConfig) -> RunResult:
     return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
 
 
-def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]) -> str:
+def diagnose_non_finite(step: int, batch: Batch, cfg: RunConfig, lrs: list[float]) -> str:
     """One line saying where the loss broke and what usually causes it."""
     hints = ["lower --learning_rate"]
     if cfg.model.mixed_precision == "fp16" and not cfg.model.no_half_vae:
         hints.insert(0, "add --no_half_vae (the SDXL VAE overflows in fp16)")
     if cfg.model.mixed_precision == "fp16":
         hints.append("use --mixed_precision bf16 if the GPU supports it")
-    images = ", ".join(str(p) for p in batch.get("paths", []))
+    images = ", ".join(str(p) for p in batch.paths)
     return (f"loss is not finite at step {step} (learning rates {', '.join(f'{lr:g}' for lr in lrs)}, "
             f"mixed precision {cfg.model.mixed_precision}, batch: {images}); nothing was saved; try: "
             + "; ".join(hints))
@@ -176,7 +185,7 @@ def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
 
     def encode(pixels, jobs):
         keys = [job.key for job in jobs]
-        return encode_images(vae, pixels, latent_names(keys), [latent_seed(*k) for k in keys], device,
+        return encode_images(vae, pixels, latent_names(keys), [latent_seed(k) for k in keys], device,
                              len(jobs)).cpu()
 
     # Without --highvram the device cache is cleared after each batch, as sd-scripts does.
@@ -186,24 +195,21 @@ def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
     return CachedLatents(vae.config.scaling_factor, device)
 
 
-def text_source_for(cfg: RunConfig, models, te1, te2, device):
+def text_source_for(cfg: RunConfig, te1, te2, device):
     """The live text encoders (prepared models, so that their LoRA trains through them)."""
     from functools import partial
 
     from sdxl_lora.data.sources import EncoderText
-    from sdxl_lora.models.text import encode, tokenize
+    from sdxl_lora.models.text import encode
 
-    return EncoderText(partial(encode, te1, te2),
-                       partial(tokenize, models.tokenizer_1, models.tokenizer_2,
-                               max_token_length=cfg.model.max_token_length),
-                       device, trains=cfg.network.train_text_encoder)
+    return EncoderText(partial(encode, te1, te2), device, trains=cfg.network.train_text_encoder)
 
 
-def size_conditioning(batch: dict) -> torch.Tensor:
+def size_conditioning(batch: Batch) -> torch.Tensor:
     """SDXL micro-conditioning (spec 5.6): [orig_h, orig_w, crop_top, crop_left, target_h, target_w]."""
     from sdxl_lora.models.text import size_time_ids
 
-    return size_time_ids(batch["original_size_hw"], batch["crop_top_left"], batch["target_size_hw"])
+    return size_time_ids(batch.original_size_hw, batch.crop_top_left, batch.target_size_hw)
 
 
 def enable_gradient_checkpointing(models, text_encoders: bool) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.data.cache_files import CACHE_DIR, module_identity, read_entry
-from sdxl_lora.data.latent_cache import DiskLatents, LatentCacheSettings, LatentJob, build_latent_cache
+from sdxl_lora.data.latent_cache import DiskLatents, LatentCacheSettings, LatentJob, LatentKey, build_latent_cache
 
 
 def _images(folder: Path, n: int, size=(64, 32)) -> list[Path]:
@@ -28,7 +28,7 @@ def _images(folder: Path, n: int, size=(64, 32)) -> list[Path]:
 
 
 def _jobs(paths, flips=(False,), bucket=(64, 32)):
-    return [LatentJob(str(p), bucket, bucket, flip, None) for p in paths for flip in flips]
+    return [LatentJob(LatentKey(str(p), bucket, (0, 0), flip), bucket, None) for p in paths for flip in flips]
 
 
 class CountingEncoder:
@@ -93,8 +93,8 @@ def test_changing_one_image_re_encodes_exactly_its_entries(tmp_path):
     os.utime(paths[2], ns=(1, 1))  # a new mtime even on coarse file-system clocks
     encode = CountingEncoder()
     cache = build_latent_cache(jobs, encode, _settings())
-    assert sorted(encode.keys) == [(str(paths[2]), (64, 32), False), (str(paths[2]), (64, 32), True)]
-    assert torch.allclose(cache[(str(paths[2]), (64, 32), False)], torch.full((4, 4, 8), 9 / 255 * 2 - 1))
+    assert sorted(encode.keys) == [(str(paths[2]), (64, 32), (0, 0), False), (str(paths[2]), (64, 32), (0, 0), True)]
+    assert torch.allclose(cache[(str(paths[2]), (64, 32), (0, 0), False)], torch.full((4, 4, 8), 9 / 255 * 2 - 1))
 
 
 def test_another_vae_re_encodes_everything(tmp_path):

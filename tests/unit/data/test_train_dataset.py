@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import random
 from pathlib import Path
 
 import torch
@@ -11,7 +9,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
-from sdxl_lora.data.dataset import TrainDataset, build_train_dataset, collate_first, final_caption
+from sdxl_lora.data import dataset as dataset_module
+from sdxl_lora.data.dataset import LatentKey, TrainDataset, TrainDatasets, build_train_dataset, collate_first
 from sdxl_lora.data.plan import build_plan
 
 
@@ -45,13 +44,13 @@ def test_batches_are_single_bucket_with_matching_shapes(tmp_path):
     seen = 0
     for index in range(len(dataset)):
         batch = dataset[index]
-        height, width = batch["images"].shape[2:]
-        count = len(batch["captions"])
-        assert batch["images"].shape == (count, 3, height, width) and batch["images"].dtype == torch.float32
-        assert batch["target_size_hw"].tolist() == [[height, width]] * count
-        assert batch["target_size_hw"].dtype == torch.long and batch["crop_top_left"].shape == (count, 2)
-        for path, size, weight in zip(batch["paths"], batch["original_size_hw"].tolist(),
-                                      batch["loss_weights"].tolist(), strict=True):
+        height, width = batch.images.shape[2:]
+        count = len(batch.captions)
+        assert batch.images.shape == (count, 3, height, width) and batch.images.dtype == torch.float32
+        assert batch.target_size_hw.tolist() == [[height, width]] * count
+        assert batch.target_size_hw.dtype == torch.long and batch.crop_top_left.shape == (count, 2)
+        for path, size, weight in zip(batch.paths, batch.original_size_hw.tolist(),
+                                      batch.loss_weights.tolist(), strict=True):
             with Image.open(path) as image:
                 assert size == [image.height, image.width]
             assert weight == (0.25 if "/reg/" in path else 1.0)
@@ -61,11 +60,12 @@ def test_batches_are_single_bucket_with_matching_shapes(tmp_path):
 
 def test_conditioning_values(tmp_path):
     dataset = make(tmp_path, batch_size=4)
-    batch = next(dataset[i] for i in range(len(dataset)) if dataset[i]["paths"][0].endswith("c.png"))
-    # c 200x64 in bucket (192,64): bucket 3.0 < image 3.125 -> fit by width: 192 x 61.44; top = floor(1.28) = 1.
-    assert batch["original_size_hw"].tolist() == [[64, 200], [64, 200]]
-    assert batch["crop_top_left"].tolist() == [[1, 0], [1, 0]]
-    assert batch["captions"] == ["sks", "sks"]
+    batch = next(dataset[i] for i in range(len(dataset)) if dataset[i].paths[0].endswith("c.png"))
+    # c 200x64 in bucket (192,64): covers at scale 64/64 -> resized 200x64, centre window left (200-192)//2 = 4.
+    assert batch.original_size_hw.tolist() == [[64, 200], [64, 200]]
+    assert batch.crop_top_left.tolist() == [[0, 4], [0, 4]]
+    assert batch.latent_keys[0] == LatentKey(batch.paths[0], (192, 64), (4, 0), False)
+    assert batch.captions == ["sks", "sks"]
 
 
 def test_epoch_shuffling_is_deterministic(tmp_path):
@@ -80,36 +80,101 @@ def test_epoch_shuffling_is_deterministic(tmp_path):
     assert order(first, 1) != order(make(tmp_path, seed=8), 1)
 
 
-def test_epoch_order_matches_sd_scripts_shuffle(tmp_path):
-    # random.seed(seed + epoch), shuffle the (bucket, batch) list, then each bucket's images in bucket order.
-    dataset = make(tmp_path)
-    rng = random.Random(7 + 5)
-    batches = [(b, j) for b, bucket in enumerate(dataset._buckets)
-               for j in range(math.ceil(len(bucket) / 3))]
-    rng.shuffle(batches)
-    buckets = [list(bucket) for bucket in dataset._buckets]
-    for bucket in buckets:
-        rng.shuffle(bucket)
+class RotatingRng:
+    """Stands in for random.Random: shuffle moves the first element to the end, so orders are hand-workable."""
+
+    def __init__(self, seeds: list, seed):
+        seeds.append(seed)
+
+    def shuffle(self, items: list) -> None:
+        items[:] = items[1:] + items[:1]
+
+
+def test_epoch_order_follows_sd_scripts_rule_worked_by_hand(tmp_path, monkeypatch):
+    # Rule (sd-scripts): random.seed(seed + epoch); shuffle the (bucket, batch) list; shuffle each bucket's images;
+    # batch (b, j) = images j*B .. j*B+B-1 of shuffled bucket b.
+    seeds = []
+    monkeypatch.setattr(dataset_module, "epoch_rng", lambda seed, epoch: RotatingRng(seeds, seed + epoch))
+    dataset = make(tmp_path)  # seed 7, batch size 3
     dataset.set_epoch(5)
-    b, j = batches[0]
-    expected = [dataset.plan.images[k].path for k in buckets[b][j * 3:(j + 1) * 3]]
-    assert [i.path for i in dataset.batch_images(0)] == expected
+    names = [[Path(i.path).stem for i in dataset.batch_images(k)] for k in range(len(dataset))]
+    assert seeds == [12]
+    # Buckets sorted by (w, h), images in plan order with repeats: (64,192) d d e e; (128,128) a a b b r*10;
+    # (192,64) c c. Batches of 3: (0,0) (0,1) (1,0)..(1,4) (2,0). Rotated: (0,1) (1,0) (1,1) (1,2) (1,3) (1,4)
+    # (2,0) (0,0); buckets rotated: d e e d | a b b r*10 a | c c.
+    assert names == [["d"], ["a", "b", "b"], ["r"] * 3, ["r"] * 3, ["r"] * 3, ["r", "a"], ["c", "c"],
+                     ["d", "e", "e"]]
+
+
+class Numbered(torch.utils.data.Dataset):
+    def __init__(self, name: str, batches: int):
+        self.name, self.batches, self.epochs, self.steps, self.accumulation = name, batches, [], [], 1
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def batch(self, index: int, step: int) -> tuple[str, int]:
+        self.steps.append(step)
+        return self.name, index
+
+    def set_schedule(self, max_train_steps: int, accumulation: int) -> None:
+        self.accumulation = accumulation
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+class RiffleRng:
+    def __init__(self, seeds: list, seed):
+        seeds.append(seed)
+
+    def shuffle(self, items: list) -> None:
+        items[:] = items[::2] + items[1::2]
+
+
+def test_batches_of_all_datasets_are_shuffled_together_worked_by_hand(monkeypatch):
+    seeds = []
+    monkeypatch.setattr(dataset_module, "epoch_rng", lambda seed, epoch: RiffleRng(seeds, seed + epoch))
+    datasets = TrainDatasets([Numbered("A", 3), Numbered("B", 2)], seed=40)
+    datasets.set_epoch(2)
+    # Pairs A0 A1 A2 B0 B1; riffled (even positions, then odd): A0 A2 B1 A1 B0.
+    assert [datasets[k] for k in range(len(datasets))] == [("A", 0), ("A", 2), ("B", 1), ("A", 1), ("B", 0)]
+    assert seeds == [42] and datasets.datasets[0].epochs == [2] == datasets.datasets[1].epochs
+    # Optimizer step of item k in epoch 2 with accumulation 2: (2 * 5 + k) // 2 = 5, 5, 6, 6, 7 for k = 0..4,
+    # i.e. A0 5, A2 5, B1 6, A1 6, B0 7.
+    datasets.set_schedule(100, 2)
+    for k in range(5):
+        datasets[k]
+    assert datasets.datasets[0].steps[-3:] == [5, 5, 6] and datasets.datasets[1].steps[-2:] == [6, 7]
+
+
+def test_real_batch_order_mixes_datasets_and_is_reproducible():
+    def order(seed: int, epoch: int) -> list:
+        datasets = TrainDatasets([Numbered("A", 6), Numbered("B", 6)], seed=seed)
+        datasets.set_epoch(epoch)
+        return [datasets[k] for k in range(len(datasets))]
+
+    assert order(3, 1) == order(3, 1) and order(3, 1) != order(3, 2) and order(3, 1) != order(4, 1)
+    assert sorted(order(3, 1)) == [(n, k) for n in "AB" for k in range(6)]
+    # Dataset A not all first in every epoch (probability of that by chance: 5 x 1/924).
+    assert any([n for n, _ in order(3, e)] != ["A"] * 6 + ["B"] * 6 for e in range(5))
 
 
 def test_flip_aug_flips_some_images_and_their_crop_conditioning(tmp_path):
     dataset = make(tmp_path, batch_size=4, flip_aug=True)
-    lefts = set()
+    lefts, flips = set(), set()
     for epoch in range(4):
         dataset.set_epoch(epoch)
         for index in range(len(dataset)):
             batch = dataset[index]
-            lefts |= {tuple(x) for x, p in zip(batch["crop_top_left"].tolist(), batch["paths"], strict=True)
+            lefts |= {tuple(x) for x, p in zip(batch.crop_top_left.tolist(), batch.paths, strict=True)
                       if p.endswith("e.png")}
-    # e 64x210 in (64,192): bucket 0.333 > image 0.305 -> fit by height: 58.51 x 192;
-    # left = floor(5.49 / 2) = 2; flipped: 64 - (2 + 58.51) = 3.49 -> 3.
-    assert lefts == {(0, 2), (0, 3)}
+            flips |= {k.flip for k in batch.latent_keys}
+    # c 200x64 in (192,64): resized 200x64, window left 4 of 8 excess; flipped 8 - 4 = 4. e 64x210 in (64,192):
+    # resized 64x210 (scale 1), top (210 - 192) // 2 = 9, no horizontal excess: (9, 0) flipped or not.
+    assert lefts == {(9, 0)} and flips == {False, True}
     dataset.set_epoch(1)
-    assert torch.equal(dataset[0]["images"], dataset[0]["images"])  # same flips for the same epoch and index
+    assert torch.equal(dataset[0].images, dataset[0].images)  # same flips for the same epoch and index
 
 
 def test_latent_jobs_cover_every_image_and_flip_once(tmp_path):
@@ -118,10 +183,10 @@ def test_latent_jobs_cover_every_image_and_flip_once(tmp_path):
     # 5 training images with and without flip + 1 regularisation image (no flip_aug on that subset).
     assert len(keys) == len(set(keys)) == 11
     by_key = {job.key: job.pixels() for job in dataset.latent_jobs()}
-    for (_, (width, height), _), image in by_key.items():
+    for (_, (width, height), _, _), image in by_key.items():
         assert image.shape == (3, height, width)
     path = dataset.plan.images[0].path
-    assert torch.equal(by_key[(path, (128, 128), True)], by_key[(path, (128, 128), False)].flip(-1))
+    assert torch.equal(by_key[(path, (128, 128), (0, 0), True)], by_key[(path, (128, 128), (0, 0), False)].flip(-1))
 
 
 def test_latents_replace_images_after_set_latents(tmp_path):
@@ -132,17 +197,9 @@ def test_latents_replace_images_after_set_latents(tmp_path):
     with_images = dataset[0]
     dataset.set_latents(cache)
     batch = dataset[0]
-    assert "images" not in batch and "images" in with_images
-    assert batch["latent_keys"] == with_images["latent_keys"]  # same flips either way
-    assert torch.equal(batch["latents"], torch.stack([cache[k] for k in batch["latent_keys"]]))
-
-
-def test_final_caption_prefix_suffix_and_wildcards():
-    subset = SubsetConfig("x", caption_prefix="best,", caption_suffix="end", enable_wildcard=True)
-    rng = random.Random(0)
-    captions = {final_caption("a {red|blue} dog\ncat", subset, rng) for _ in range(50)}
-    assert captions == {"best, a red dog end", "best, a blue dog end", "best, cat end"}
-    assert final_caption("a {x|y}", SubsetConfig("x"), rng) == "a {x|y}"  # no wildcards: literal
+    assert batch.images is None and with_images.images is not None and with_images.latents is None
+    assert batch.latent_keys == with_images.latent_keys  # same flips either way
+    assert torch.equal(batch.latents, torch.stack([cache[k] for k in batch.latent_keys]))
 
 
 def test_concatenated_datasets_through_a_dataloader(tmp_path):
@@ -151,5 +208,57 @@ def test_concatenated_datasets_through_a_dataloader(tmp_path):
     assert len(datasets) == 8 + datasets.datasets[1].plan.batches_per_epoch
     datasets.set_epoch(2)
     assert all(d._epoch.value == 2 for d in datasets.datasets)
-    loader = DataLoader(datasets, batch_size=1, shuffle=True, collate_fn=collate_first)
-    assert sum(len(batch["captions"]) for batch in loader) == 2 * 20
+    loader = DataLoader(datasets, batch_size=1, shuffle=False, collate_fn=collate_first)
+    trees = [Path(batch.paths[0]).parts[-3] for batch in loader]
+    assert sum(len(batch.captions) for batch in loader) == 2 * 20
+    assert sorted(trees) == sorted(["one"] * 8 + ["two"] * datasets.datasets[1].plan.batches_per_epoch)
+
+
+def test_batches_carry_token_ids_from_loader_workers(tmp_path):
+    import functools
+
+    from sdxl_lora.models.text import tokenize
+    from sdxl_lora.models.tokenizers import clip_tokenizers
+
+    tok1, tok2 = clip_tokenizers()
+    (plan,) = build_plan((config(tmp_path),)).datasets
+    dataset = TrainDataset(plan, seed=7, tokenize=functools.partial(tokenize, tok1, tok2, max_token_length=150))
+    loader = DataLoader(dataset, batch_size=1, collate_fn=collate_first, num_workers=1)
+    batch = next(iter(loader))
+    count = len(batch.captions)
+    assert batch.input_ids_1.shape == batch.input_ids_2.shape == (count, 2, 77)  # 150 tokens: two chunks
+    assert batch.input_ids_1[:, 0, 0].tolist() == [49406] * count  # BOS starts each chunk
+    expected = tokenize(tok1, tok2, batch.captions, 150)
+    assert torch.equal(batch.input_ids_1, expected[0]) and torch.equal(batch.input_ids_2, expected[1])
+    moved = batch.to("cpu")
+    assert moved.paths == batch.paths and torch.equal(moved.images, batch.images)
+
+
+def test_caption_dropout_every_n_epochs_applies_from_the_first_batch(tmp_path):
+    dataset = make(tmp_path, caption_dropout_every_n_epochs=2)
+    # 0-based epoch 1 is the user's epoch 2: every training caption of that epoch is empty, batch 0 included.
+    dataset.set_epoch(1)
+    assert [c for k in range(len(dataset)) for c, p in zip(dataset[k].captions, dataset[k].paths, strict=True)
+            if "/train/" in p] == [""] * 10
+    dataset.set_epoch(2)
+    assert all(c == "sks" for k in range(len(dataset)) for c, p in
+               zip(dataset[k].captions, dataset[k].paths, strict=True) if "/train/" in p)
+
+
+def test_token_warmup_follows_the_optimizer_step_of_each_batch(tmp_path):
+    (plan,) = build_plan((config(tmp_path, token_warmup_step=8, token_warmup_min=1,
+                                 caption_prefix="p1, p2, p3, p4, p5,"),)).datasets
+    dataset = TrainDataset(plan, seed=7)
+    dataset.set_schedule(max_train_steps=100, gradient_accumulation_steps=2)
+    # Caption "p1, ..., p5, sks": 6 tags. Epoch 1 of 8 batches: batch k is step (8 + k) // 2 = 4 4 5 5 6 6 7 7;
+    # floor(step * (6 - 1) / 8) + 1 tags = 3 3 4 4 4 4 5 5.
+    dataset.set_epoch(1)
+    expected = [3, 3, 4, 4, 4, 4, 5, 5]
+    seen = 0
+    for k in range(8):
+        batch = dataset[k]
+        for caption, path in zip(batch.captions, batch.paths, strict=True):
+            if "/train/" in path:
+                assert caption == ", ".join(["p1", "p2", "p3", "p4", "p5"][:expected[k]]), k
+                seen += 1
+    assert seen == 10
