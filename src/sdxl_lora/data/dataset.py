@@ -25,6 +25,7 @@ from sdxl_lora.data.captions import process_caption
 from sdxl_lora.data.images import crop_offset, prepare_image, prepare_mask
 from sdxl_lora.data.latent_cache import LatentJob, LatentKey
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
+from sdxl_lora.data.text_cache import TextJob
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 """captions -> (input_ids_1, input_ids_2), each (B, n, 77): a picklable function (functools.partial of
@@ -50,6 +51,7 @@ class TrainDataset(Dataset):
         self._epoch = multiprocessing.RawValue("i", 0)
         self._order_epoch: int | None = None
         self.max_train_steps, self.accumulation = 0, 1
+        self.caption_variants = 0
 
     def set_latents(self, latents: Mapping[LatentKey, torch.Tensor] | None) -> None:
         """Serve cached latents (C, h, w) instead of decoding images; None goes back to images."""
@@ -69,6 +71,33 @@ class TrainDataset(Dataset):
                 crop = centre_offset(image.resized_size, image.bucket)
                 jobs += [LatentJob(latent_key(image, crop, flip), image.resized_size, subset.resize_interpolation)
                          for flip in ((False, True) if subset.flip_aug else (False,))]
+        return jobs
+
+    def set_caption_variants(self, variants: int) -> None:
+        """With `variants` > 0 each image trains, each epoch, with one of its `variants` processed captions
+        (caption_variant), so that the text-encoder cache holds every caption a batch can carry."""
+        self.caption_variants = variants
+
+    def caption_variant(self, image: ImagePlan, variant: int, epoch: int) -> str:
+        """Processed caption number `variant` of `image`: random choices drawn once per variant; the epoch only
+        decides caption_dropout_every_n_epochs (then the caption is empty)."""
+        rng = random.Random(f"{self.seed}:caption:{image.path}:{variant}")
+        return process_caption(image.caption, self.plan.config.subsets[image.subset_index], rng, epoch=epoch,
+                               step=0, max_train_steps=self.max_train_steps)
+
+    def _variant(self, image: ImagePlan, epoch: int) -> int:
+        return random.Random(f"{self.seed}:{epoch}:variant:{image.path}").randrange(self.caption_variants)
+
+    def text_jobs(self) -> list[TextJob]:
+        """Every caption a batch can carry once set_caption_variants is on: each variant of each image that
+        trains, and the empty caption when a subset uses caption_dropout_every_n_epochs."""
+        jobs = []
+        for image in self.plan.images:
+            if image.repeats > 0:
+                captions = {self.caption_variant(image, v, 0) for v in range(max(1, self.caption_variants))}
+                if self.plan.config.subsets[image.subset_index].caption_dropout_every_n_epochs > 0:
+                    captions.add("")
+                jobs += [TextJob(caption, image.path) for caption in sorted(captions)]
         return jobs
 
     def _pixels(self, image: ImagePlan, key: LatentKey, color_rng: random.Random | None):
@@ -131,8 +160,11 @@ class TrainDataset(Dataset):
                                     resized=image.resized_size, offset=key.crop, flip=flip)
             masks.append(mask)
             keys.append(key)
-            captions.append(process_caption(image.caption, subset, rng, epoch=epoch, step=step,
-                                            max_train_steps=self.max_train_steps))
+            if self.caption_variants:  # text-encoder outputs are cached: one of the image's cached captions
+                captions.append(self.caption_variant(image, self._variant(image, epoch), epoch))
+            else:
+                captions.append(process_caption(image.caption, subset, rng, epoch=epoch, step=step,
+                                                max_train_steps=self.max_train_steps))
             crops.append(crop_top_left(image.resized_size, image.bucket, key.crop, flip))
         ids_1, ids_2 = self.tokenize(captions) if self.tokenize is not None else (None, None)
         return Batch(
@@ -237,6 +269,14 @@ class TrainDatasets(ConcatDataset):
     def latent_jobs(self) -> list[LatentJob]:
         """Each dataset's latents to cache (a key may repeat across datasets with the same bucket)."""
         return [job for dataset in self.datasets for job in dataset.latent_jobs()]
+
+    def set_caption_variants(self, variants: int) -> None:
+        for dataset in self.datasets:
+            dataset.set_caption_variants(variants)
+
+    def text_jobs(self) -> list[TextJob]:
+        """Each dataset's captions to cache."""
+        return [job for dataset in self.datasets for job in dataset.text_jobs()]
 
 
 def dataset_seed(seed: int, index: int) -> int:

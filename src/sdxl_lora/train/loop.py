@@ -73,6 +73,8 @@ def run(cfg: RunConfig) -> RunResult:
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
     latent_source = latent_source_for(cfg, models.vae, dataset, accelerator.device, placement.highvram)
+    # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave it.
+    text_cache = text_cache_for(cfg, models, dataset, accelerator)
 
     handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, rank=cfg.network.rank,
                          alpha=cfg.network.alpha, train_unet=cfg.network.train_unet,
@@ -102,7 +104,7 @@ def run(cfg: RunConfig) -> RunResult:
     if cfg.network.train_text_encoder:
         te1, te2 = accelerator.prepare(te1, te2)
     _log_plan(plan, dataset, trainable)
-    text_source = text_source_for(cfg, te1, te2, accelerator.device)
+    text_source = text_cache or text_source_for(cfg, te1, te2, accelerator.device)
 
     from sdxl_lora.train.save import RunSaver
 
@@ -193,6 +195,36 @@ def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
     dataset.set_latents(build_latent_cache(dataset.latent_jobs(), encode, settings, after_batch=clear))
     vae.to("cpu")
     return CachedLatents(vae.config.scaling_factor, device)
+
+
+def text_cache_for(cfg: RunConfig, models, dataset, accelerator):
+    """None, or (--cache_text_encoder_outputs[_to_disk]) every caption variant encoded once now."""
+    from sdxl_lora.data.cache_files import module_identity
+    from sdxl_lora.data.sources import CachedText
+    from sdxl_lora.data.text_cache import CAPTION_VARIANTS, TextCacheSettings, build_text_cache
+    from sdxl_lora.models.text import encode, num_chunks, tokenize
+
+    if not cfg.data.cache_text_encoder_outputs:
+        return None
+    te1, te2, device = models.text_encoder_1, models.text_encoder_2, accelerator.device
+    tokens = num_chunks(cfg.model.max_token_length) * 75 + 2
+    settings = TextCacheSettings(
+        to_disk=cfg.data.cache_text_encoder_outputs_to_disk, skip_check=cfg.data.skip_cache_check,
+        batch_size=max(d.batch_size for d in cfg.data.datasets),
+        identity=f"{module_identity(te1, te2)}|tokens={tokens}",
+        context_shape=(tokens, te1.config.hidden_size + te2.config.hidden_size),
+        pooled_shape=(te2.config.projection_dim,))
+
+    def encode_captions(captions):
+        ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
+        with torch.no_grad(), accelerator.autocast():
+            return encode(te1, te2, ids1.to(device), ids2.to(device))
+
+    dataset.set_caption_variants(CAPTION_VARIANTS)
+    store = build_text_cache(dataset.text_jobs(), encode_captions, settings)
+    te1.to("cpu")
+    te2.to("cpu")
+    return CachedText(store, device)
 
 
 def text_source_for(cfg: RunConfig, te1, te2, device):
