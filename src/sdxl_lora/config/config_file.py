@@ -120,7 +120,11 @@ def check_choice(option: Option, value: object) -> object:
 
 
 def parse_int_or_float(text: str) -> int | float:
-    """sd-scripts' warmup-style number: '10' -> 10 steps, '0.1' -> 0.1 (fraction), '5%' -> 0.05 (fraction)."""
+    """sd-scripts' warmup-style number (spec 1.7): an int is a step count, a float a fraction of the total.
+
+    '10' -> 10 steps; '0.1' -> 0.1; 'N%' -> N/100 whatever N is ('100%' -> 1.0, all steps; '150%' -> 1.5).
+    A float is always a fraction, so '100%' can never be mistaken for 1 step (see train.steps.warmup_steps).
+    """
     if text.endswith("%"):
         try:
             return float(text[:-1]) / 100
@@ -141,7 +145,15 @@ def _int_or_fraction(number: int | float) -> int | float:
     # sd-scripts rejects a non-integer value >= 1 (e.g. 1.5): it is neither a step count nor a fraction.
     if isinstance(number, int) or number < 1:
         return number
-    raise ValueError(f"invalid value {number!r}: a step count must be an integer; a fraction must be below 1")
+    raise ValueError(f"invalid value {number!r}: a step count must be an integer; a fraction must be below 1"
+                     " (write 'N%' for N/100 of all steps)")
+
+
+def int_or_float_text(value: int | float) -> int | float | str:
+    """How a warmup-style value is written back: a fraction of 1 or more as 'N%', so that it reads back."""
+    if isinstance(value, float) and value >= 1:
+        return f"{round(value * 100, 10)!r}%"
+    return value
 
 
 def write_config_file(values: Mapping[str, object], path: str | Path) -> Path:
@@ -166,6 +178,8 @@ def render_output_config(values: Mapping[str, object]) -> str:
     lines = []
     for option in OPTIONS:
         value = values.get(option.name, option.default)
+        if option.kind == "int_or_float" and value is not None:
+            value = int_or_float_text(value)
         if option.secret or option.name in NOT_IN_FILE or value == option.default:
             continue
         try:

@@ -98,7 +98,8 @@ max_token_length = 225
     ("learning_rate = \"1e-4\"", "expected a number, got string \"1e-4\""),
     ("resolution = 1024", "expected a string, got integer 1024"),
     ("lr_warmup_steps = 1.5",
-     "invalid value 1.5: a step count must be an integer; a fraction must be below 1"),
+     "invalid value 1.5: a step count must be an integer; a fraction must be below 1"
+     " (write 'N%' for N/100 of all steps)"),
     ("network_args = [1]", "expected a string, got integer 1"),
     ("max_token_length = 100", "invalid choice 100 (choose from 75, 150, 225)"),
 ])
