@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sdxl_lora.config.dataset_toml import IMAGE_EXTENSIONS, DatasetConfig, SubsetConfig, show_value
+from sdxl_lora.config.dataset_toml import IMAGE_EXTENSIONS, DatasetConfig, SubsetConfig, count_images, show_value
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,6 @@ def _image_dir_problems(s: SubsetConfig) -> list[str]:
     folder = Path(s.image_dir)
     if not folder.is_dir():
         return [f"{s.where('image_dir')}: folder not found: {folder}"]
-    extensions = set(IMAGE_EXTENSIONS) | {e.upper() for e in IMAGE_EXTENSIONS}
-    if not any(p.suffix in extensions and p.is_file() for p in folder.iterdir()):
+    if not count_images(folder):
         return [f"{s.where('image_dir')}: no images ({' '.join(IMAGE_EXTENSIONS)}) directly in {folder}"]
     return []

@@ -9,8 +9,9 @@ from sdxl_lora.train.steps import plan_steps
 
 
 def build_check(cfg: RunConfig) -> dict:
-    """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning), steps,
-    epochs, what trains and what is saved when."""
+    """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning), what
+    was skipped (folders without a repeat count, duplicate subsets), steps, epochs, what trains and what is
+    saved when."""
     from sdxl_lora.data.plan import build_plan
 
     plan = build_plan(cfg.data.datasets)
@@ -19,6 +20,7 @@ def build_check(cfg: RunConfig) -> dict:
     name = cfg.save.output_name or "last"
     return {
         "datasets": [d.to_dict() for d in plan.datasets],
+        "skipped": [line for dataset in cfg.data.datasets for line in dataset.skipped],
         "num_train_images": sum(d.num_train_images for d in plan.datasets),
         "num_reg_images": sum(d.num_reg_images for d in plan.datasets),
         "batches_per_epoch": steps.batches_per_epoch,
@@ -45,6 +47,7 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
             lines.append(f"  {s['image_dir']}: {s['images']} {kind} images x {s['repeats']} repeats")
         lines.append("  buckets (width x height: samples per epoch):")
         lines += [f"    {b['width']}x{b['height']}: {b['count']}" for b in d["buckets"]]
+    lines += [f"skipped: {line}" for line in doc["skipped"]]
     trains = ", ".join(k.upper() for k, on in doc["trains"].items() if on)
     lines += [
         f"training images x repeats: {doc['num_train_images']}; regularisation: {doc['num_reg_images']}",

@@ -210,13 +210,38 @@ def test_dreambooth_folders_become_subsets(tmp_path):
     assert dataset.subsets[0].where("num_repeats") == "--train_data_dir folder '10_sks dog': num_repeats"
 
 
-def test_dreambooth_folder_without_prefix_is_an_error(tmp_path):
+def test_dreambooth_folders_sd_scripts_leaves_out_are_skipped_with_a_warning(tmp_path, caplog):
     image_folder(tmp_path / "train" / "10_ok")
-    image_folder(tmp_path / "train" / "dog")
+    image_folder(tmp_path / "train" / "dog", count=3)
+    image_folder(tmp_path / "train" / "0_zero", count=1)
+    (tmp_path / "train" / "2_empty").mkdir()
+    image_folder(tmp_path / "train" / ".ipynb_checkpoints")
+    image_folder(tmp_path / "reg" / "reg_images", count=2)
+    (dataset,) = load_datasets(None, cli(train_data_dir=str(tmp_path / "train"), reg_data_dir=str(tmp_path / "reg"),
+                                         resolution="512"))
+    assert [Path(s.image_dir).name for s in dataset.subsets] == ["10_ok"]
+    assert dataset.skipped == (
+        "--train_data_dir: folder '0_zero' skipped: repeat count 0 is below 1; 1 image not used",
+        "--train_data_dir: folder '2_empty' skipped: no images (.png .jpg .jpeg .webp .bmp) directly in it",
+        "--train_data_dir: folder 'dog' skipped: no '<repeats>_' prefix (e.g. '10_sks dog'); 3 images not used",
+        "--reg_data_dir: folder 'reg_images' skipped: no '<repeats>_' prefix (e.g. '10_sks dog'); 2 images not used",
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 4 and all(line in text for line, text in zip(dataset.skipped, warnings, strict=True))
+    assert not any(".ipynb_checkpoints" in text for text in warnings)
+
+
+def test_dreambooth_error_only_when_no_training_image_is_left(tmp_path):
+    image_folder(tmp_path / "train" / "dog", count=2)
+    image_folder(tmp_path / "train" / ".hidden")
+    image_folder(tmp_path / "reg" / "1_reg")
     with pytest.raises(ConfigError) as e:
-        load_datasets(None, cli(train_data_dir=str(tmp_path / "train"), resolution="512"))
-    assert e.value.problems == [f"--train_data_dir: folder {tmp_path / 'train' / 'dog'} has no '<repeats>_' "
-                                "prefix (e.g. '10_sks dog'); rename it or move it out"]
+        load_datasets(None, cli(train_data_dir=str(tmp_path / "train"), reg_data_dir=str(tmp_path / "reg"),
+                                resolution="512"))
+    assert e.value.problems == [
+        f"--train_data_dir: no training images left in {tmp_path / 'train'} (image folders are named "
+        "'<repeats>_<tokens>', e.g. '10_sks dog'); skipped: --train_data_dir: folder 'dog' skipped: "
+        "no '<repeats>_' prefix (e.g. '10_sks dog'); 2 images not used"]
 
 
 def test_dreambooth_errors_without_resolution_or_data(tmp_path):

@@ -165,7 +165,7 @@ def test_warmup_steps_reject_a_non_integer_above_one():
 def test_negative_numbers_and_empty_lists_parse():
     parsed = parse_command_line(["--noise_offset", "-0.1", "--text_encoder_lr", "--seed", "-3"])
     assert parsed.values["noise_offset"] == -0.1
-    assert parsed.values["text_encoder_lr"] == []
+    assert parsed.values["text_encoder_lr"] is None  # no value: unset, as sd-scripts reads an empty list
     assert parsed.values["seed"] == -3
 
 
