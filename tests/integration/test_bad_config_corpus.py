@@ -269,7 +269,8 @@ CASES = (
          ("--dataset_config", "missing_dataset.toml")),
     Case("toml_not_supported_yet_key", lambda r: r.argv(dataset_config=r.toml(general={"shuffle_caption": "true"})),
          ("general.shuffle_caption", "not supported yet")),
-    Case("in_json_not_supported", lambda r: r.argv(drop=("dataset_config",), in_json=r.tmp / "meta.json"),
+    Case("in_json_not_supported",
+         lambda r: r.argv(drop=("dataset_config",), in_json=_write_bytes(r.tmp / "m.json", b"{}")),
          ("--in_json", "not supported yet")),
     # DreamBooth folders.
     Case("dreambooth_no_image_left", _dreambooth, ("--train_data_dir", "no training images left", "sks_dog")),
@@ -287,6 +288,8 @@ CASES = (
          ("run.toml", "mixed_precision", "fp32")),
     Case("config_file_missing", lambda r: r.argv(config_file=r.tmp / "no_such_config"),
          ("--config_file", "no_such_config.toml")),
+    Case("vae_missing", lambda r: r.argv(vae=r.tmp / "vaes" / "sdxl_vae.safetensors"),
+         ("--vae", "sdxl_vae.safetensors", "no such file")),
     Case("output_config_without_config_file", lambda r: r.argv("--output_config"),
          ("--output_config", "--config_file")),
     # Options that exist in sd-scripts but do not work here yet are refused, never ignored.

@@ -68,6 +68,7 @@ MULTI = "multi-process"
 SPEED = "benchmarks"
 
 SDXL_ONLY = "refused: SD2 flag; this trainer is SDXL only"
+SDPA_ALWAYS = "accepted: attention always runs through PyTorch scaled dot product attention"
 TE_NAMES = "encoder 1 = CLIP ViT-L/14, encoder 2 = OpenCLIP ViT-bigG/14; the guide swaps them"
 SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
             "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
@@ -276,12 +277,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("initial_step", TRAINING, "int", None, roadmap=LOOP, help="step to start counting from"),
     Option("skip_until_initial_step", TRAINING, "flag", False, roadmap=LOOP,
            help="skip the batches before the initial step"),
-    Option("mem_eff_attn", TRAINING, "flag", False, roadmap=SPEED,
-           help="memory-efficient attention in the U-Net"),
-    Option("xformers", TRAINING, "flag", False, roadmap=SPEED,
-           help="xformers attention in the U-Net and VAE"),
-    Option("sdpa", TRAINING, "flag", False, roadmap=SPEED,
-           help="PyTorch scaled-dot-product attention in the U-Net"),
+    Option("mem_eff_attn", TRAINING, "flag", False, status=WORKS,
+           help=f"memory-efficient attention; {SDPA_ALWAYS}"),
+    Option("xformers", TRAINING, "flag", False, status=WORKS,
+           help=f"xformers attention; {SDPA_ALWAYS} (xformers is not needed)"),
+    Option("sdpa", TRAINING, "flag", False, status=WORKS,
+           help=f"PyTorch scaled-dot-product attention; {SDPA_ALWAYS}"),
     Option("torch_compile", TRAINING, "flag", False, roadmap=SPEED,
            help="compile the models with torch.compile"),
     Option("dynamo_backend", TRAINING, "str", "inductor", DYNAMO_BACKENDS, roadmap=SPEED,
@@ -402,7 +403,7 @@ OPTIONS: tuple[Option, ...] = (
     # Config file (spec 1.14)
     Option("config_file", CONFIG, "str", None, status=WORKS,
            help="TOML of option values ('.toml' appended if missing); tables flattened; command line wins;"
-                " unknown keys and wrong types are errors (sd-scripts ignores them)"),
+                " unknown keys warn; \"\", [] and false mean unset; numbers may be strings"),
     Option("output_config", CONFIG, "flag", False, status=WORKS,
            help="write the non-default options to the --config_file path (must not exist) and exit;"
                 " an error without --config_file (sd-scripts ignores it)"),

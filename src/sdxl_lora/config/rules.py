@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.paths import path_problems
 from sdxl_lora.config.sources import detect_source
 
 SUPPORTED_NETWORK_MODULES = ("networks.lora",)
@@ -59,16 +59,6 @@ def _positive(v: dict) -> list[str]:
     seed = v.get("seed")
     if seed is not None and not 0 <= seed < 2**32:
         out.append(f"--seed={seed}: must be in [0, 2^32)")
-    return out
-
-
-def _paths(v: dict) -> list[str]:
-    out = []
-    if v.get("output_dir") and Path(v["output_dir"]).exists() and not Path(v["output_dir"]).is_dir():
-        out.append(f"--output_dir {v['output_dir']}: exists and is not a folder")
-    log_file = v.get("console_log_file")
-    if log_file and not Path(log_file).resolve().parent.is_dir():
-        out.append(f"--console_log_file {log_file}: its folder does not exist")
     return out
 
 
@@ -178,7 +168,7 @@ def _loraplus_ratio(network_args) -> bool:
 
 
 RULES: tuple[Callable[[dict], list[str]], ...] = (
-    _required, _positive, _paths, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
+    _required, _positive, path_problems, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
     _noise_and_loss, _optimizer, _scheduler, _logging, _resume,
 )
 
