@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 
 from sdxl_lora.config.config_file import toml_value
-from sdxl_lora.config.options import GROUPS, NOT_YET, OPTIONS, WORKS, Option
+from sdxl_lora.config.options import (
+    GROUPS,
+    NOT_YET,
+    OPTIMIZERS,
+    OPTIMIZERS_ROADMAP,
+    OPTIONS,
+    SCHEDULERS,
+    WORKS,
+    Option,
+)
 from sdxl_lora.config.parser import status_text
 
 TABLE_HEAD = ("| option | type | default | status | help |", "|---|---|---|---|---|")
@@ -35,6 +44,11 @@ def render_options_md() -> str:
     for group in GROUPS:
         lines += ["", f"## {group}", "", *TABLE_HEAD]
         lines += [_row(option) for option in OPTIONS if option.group == group]
+    lines += ["", "## Optimizer and scheduler names", ""]
+    for flag, table in (("--optimizer_type", OPTIMIZERS), ("--lr_scheduler", SCHEDULERS)):
+        works = ", ".join(f"`{name}`" for name, status in table.items() if status == WORKS)
+        not_yet = ", ".join(f"`{name}`" for name, status in table.items() if status != WORKS)
+        lines.append(f"- `{flag}` works: {works}; not yet ({OPTIMIZERS_ROADMAP}): {not_yet}, and any other name.")
     return "\n".join(lines) + "\n"
 
 

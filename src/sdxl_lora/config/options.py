@@ -6,6 +6,7 @@ from it, and `config.build` rejects a non-default value of any option whose stat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -433,3 +434,36 @@ OPTIONS: tuple[Option, ...] = (
 
 OPTIONS_BY_NAME = MappingProxyType({option.name: option for option in OPTIONS})
 """Option by name (read-only)."""
+
+
+def _statuses(working: tuple[str, ...], not_yet: tuple[str, ...]) -> Mapping[str, str]:
+    return MappingProxyType({**dict.fromkeys(not_yet, NOT_YET), **dict.fromkeys(working, WORKS)})
+
+
+OPTIMIZERS = _statuses(
+    ("AdamW",),
+    ("AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
+     "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam",
+     "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor", "RAdamScheduleFree",
+     "AdamWScheduleFree", "SGDScheduleFree"),
+)
+"""--optimizer_type names of sd-scripts (spec 9.1; matched case-insensitively) -> WORKS or NOT_YET. Any other
+name (a 'module.Class' path) is not supported yet either. train.optim builds exactly the working ones."""
+
+SCHEDULERS = _statuses(
+    ("constant", "constant_with_warmup", "cosine", "linear"),
+    ("cosine_with_restarts", "polynomial", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
+     "piecewise_constant", "adafactor"),
+)
+"""--lr_scheduler names of sd-scripts (spec 9.2) -> WORKS or NOT_YET; any other name is not supported yet."""
+
+OPTIMIZERS_ROADMAP = LOOP
+"""Roadmap capability that will bring the optimizers and schedulers marked NOT_YET."""
+
+
+def choice_status(table: Mapping[str, str], name: str, *, ignore_case: bool = False) -> str:
+    """Status of an --optimizer_type / --lr_scheduler name in its table; NOT_YET for a name not listed."""
+    if ignore_case:
+        table = {key.lower(): status for key, status in table.items()}
+        name = name.lower()
+    return table.get(name, NOT_YET)

@@ -301,7 +301,7 @@ def test_subset_problems_name_where_the_value_was_set(tmp_path):
         "encoded once, before any augmentation)",
         f"{toml}: datasets[0].subsets[0].random_crop=true: cannot be combined with --cache_latents (latents are "
         "encoded once, before any augmentation)",
-        f"{toml}: datasets[0].subsets[0].color_aug=true: not supported yet",
+        f"{toml}: datasets[0].subsets[0].color_aug=true: not supported yet (roadmap: dataset pipeline)",
     ]
 
 
@@ -325,5 +325,23 @@ def test_shared_general_value_reported_once_and_unsupported_settings(tmp_path):
                                       f'[[datasets.subsets]]\nimage_dir = "{folder}/."\n')
     assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
         f"{toml}: datasets[0].validation_split=0.1: validation datasets are not supported yet",
-        f"{toml}: general.shuffle_caption=true: not supported yet",
+        f"{toml}: general.shuffle_caption=true: not supported yet (roadmap: dataset pipeline)",
     ]
+
+
+def test_subset_settings_follow_the_status_of_their_option(tmp_path, monkeypatch):
+    """One source of truth: a subset key works exactly when the option of the same name works."""
+    from dataclasses import replace
+
+    import sdxl_lora.config.dataset_validate as dataset_validate
+    from sdxl_lora.config.options import OPTIONS_BY_NAME, WORKS
+
+    toml, datasets = load(tmp_path, "resolution = 512", "shuffle_caption = true\nmetadata_file = 'm.json'")
+    assert [p.split(": ", 1)[1] for p in validate_datasets(datasets, cache_latents=False)] == [
+        "datasets[0].subsets[0].shuffle_caption=true: not supported yet (roadmap: dataset pipeline)",
+        'datasets[0].subsets[0].metadata_file="m.json": not supported yet (roadmap: dataset pipeline)',
+    ]
+    working = {name: replace(option, status=WORKS) if name in ("shuffle_caption", "in_json") else option
+               for name, option in OPTIONS_BY_NAME.items()}
+    monkeypatch.setattr(dataset_validate, "OPTIONS_BY_NAME", working)
+    assert validate_datasets(datasets, cache_latents=False) == []
