@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from sdxl_lora.config.schema import RunConfig
-from sdxl_lora.train.steps import plan_steps
+from sdxl_lora.train.steps import plan_steps, warmup_steps
 
 
 def build_check(cfg: RunConfig) -> dict:
@@ -27,6 +27,8 @@ def build_check(cfg: RunConfig) -> dict:
         "steps_per_epoch": steps.steps_per_epoch,
         "max_train_steps": steps.max_train_steps,
         "num_epochs": steps.num_epochs,
+        "lr_scheduler": cfg.optim.lr_scheduler,
+        "lr_warmup_steps": warmup_steps(cfg.optim.lr_warmup_steps, steps.max_train_steps),
         "trains": {"unet": cfg.network.train_unet, "te1": cfg.network.train_text_encoder,
                    "te2": cfg.network.train_text_encoder},
         "saves": [{"when": "end of training", "path": str(cfg.save.output_dir / f"{name}.{cfg.save.save_model_as}")}],
@@ -52,6 +54,7 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
     lines += [
         f"training images x repeats: {doc['num_train_images']}; regularisation: {doc['num_reg_images']}",
         f"steps: {doc['max_train_steps']} ({doc['steps_per_epoch']} per epoch, {doc['num_epochs']} epochs)",
+        f"learning rate: {doc['lr_scheduler']} schedule, {doc['lr_warmup_steps']} warmup steps",
         f"trains LoRA on: {trains}",
     ]
     lines += [f"saves: {s['path']} at {s['when']}" for s in doc["saves"]]
