@@ -56,6 +56,8 @@ def read_config_file(config_file: str | Path) -> tuple[dict[str, object], list[s
             warnings.append(f"{path}: {key_path}: unknown option, ignored (as sd-scripts does)"
                             f"{did_you_mean(key, OPTIONS_BY_NAME)}")
             continue
+        if key in NOT_IN_FILE and value in ("", False):
+            continue  # written out empty by some tools: nothing asked for
         if key in NOT_IN_FILE:
             problems.add(f"{path}: {key_path}: --{key} is only allowed on the command line")
             continue
@@ -72,13 +74,14 @@ def read_config_file(config_file: str | Path) -> tuple[dict[str, object], list[s
 
 def means_unset(option: Option, value: object) -> bool:
     """A value that leaves the option unset, as in sd-scripts, which tests these values for truth: "" and [] for
-    any option taking a value, false for one unset by default, and dynamo_backend "no" (accelerate's name for
-    no compile backend; kohya_ss GUI configs carry it)."""
+    any option taking a value, false for a string option unset by default (`resume = false`), and
+    dynamo_backend "no" (accelerate's name for no compile backend; kohya_ss GUI configs carry it). A number
+    option given false stays an error: sd-scripts would read it as 0 in some places and as set in others."""
     if option.kind == "flag":
         return False
     if value == "" or value == []:
         return True
-    if value is False and option.default is None:
+    if value is False and option.default is None and option.kind == "str":
         return True
     return option.name == "dynamo_backend" and isinstance(value, str) and value.lower() == "no"
 

@@ -114,7 +114,8 @@ text_encoder_lr = ["1e-5", 2e-5]
 @pytest.mark.parametrize("line", [
     'resume = ""', "resume = false", 'vae = ""', 'network_weights = ""', "network_args = []",
     'network_args = ""', "optimizer_args = []", "lr_scheduler_args = []", 'dynamo_backend = "no"',
-    'dynamo_backend = "NO"', 'max_train_epochs = ""', "base_weights = []",
+    'dynamo_backend = "NO"', 'max_train_epochs = ""', "base_weights = []", "sample_prompts = false",
+    "network_args = false",
 ])
 def test_empty_values_mean_unset(tmp_path, line):
     config = write(tmp_path / "run.toml", line + "\n")
@@ -122,6 +123,10 @@ def test_empty_values_mean_unset(tmp_path, line):
     key = line.split(" ")[0]
     assert parsed.values[key] == next(o.default for o in OPTIONS if o.name == key)
     assert key not in parsed.given
+
+
+def test_empty_command_line_only_keys_are_ignored(tmp_path):
+    assert load_config_file(write(tmp_path / "run.toml", 'config_file = ""\noutput_config = false\n')) == {}
 
 
 def test_a_later_empty_duplicate_unsets(tmp_path):
@@ -133,6 +138,8 @@ def test_a_later_empty_duplicate_unsets(tmp_path):
     ("max_grad_norm = \"one\"", "expected a number, got string \"one\""),
     ("cache_latents = \"true\"", "expected true or false, got string \"true\""),
     ("max_train_steps = false", "expected an integer, got boolean false"),
+    ("seed = false", "expected an integer, got boolean false"),
+    ("output_config = true", "--output_config is only allowed on the command line"),
     ("resume = true", "expected a string, got boolean true"),
     ("dynamo_backend = \"nope\"", "invalid choice 'nope' (choose from eager, aot_eager, inductor,"
      " aot_ts_nvfuser, nvprims_nvfuser, cudagraphs, ofi, fx2trt, onnxrt, tensort, ipex, tvm)"),
