@@ -28,7 +28,7 @@ sdxl-lora accepts every option of kohya-ss sd-scripts' `sdxl_train_network.py`, 
 defaults, plus `--text_encoder_lr1` and `--text_encoder_lr2` from its user guide. Unique prefixes work
 (`--output_n` = `--output_name`). Options can also come from `--config_file` (a TOML file; its tables are
 flattened, the command line wins). There, as in sd-scripts, unknown keys are ignored (here with a warning and a
-"did you mean"), an empty value (`""`, `[]`, or `false` for an option unset by default) means unset, and
+"did you mean"), an empty value (`""`, `[]`, or `false` for a string option unset by default) means unset, and
 `dynamo_backend = "no"` means no compile backend; a number written as a string (`max_grad_norm = "1.0"`) is
 read like the same text on the command line; a value of a type sd-scripts cannot use is an error naming the key.
 
