@@ -185,7 +185,10 @@ def test_caption_extension_gets_a_dot_and_legacy_spelling_is_used(tmp_path):
 def test_duplicate_image_dir_in_one_dataset_is_ignored(tmp_path):
     toml = write(tmp_path / "d.toml", '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "x"\n'
                                       '[[datasets.subsets]]\nimage_dir = "x"\n')
-    assert len(load_datasets(toml, cli())[0].subsets) == 1
+    (dataset,) = load_datasets(toml, cli())
+    assert len(dataset.subsets) == 1
+    assert dataset.skipped == (f"{toml}: datasets[0].subsets[1]: x is already used by another subset of "
+                               "datasets[0]; subset ignored",)
 
 
 @pytest.mark.parametrize(("name", "expected"), [
