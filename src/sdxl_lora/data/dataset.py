@@ -22,7 +22,7 @@ from sdxl_lora.data import metadata
 from sdxl_lora.data.batch import Batch
 from sdxl_lora.data.buckets import Size, centre_offset, crop_top_left
 from sdxl_lora.data.captions import process_caption
-from sdxl_lora.data.images import crop_offset, prepare_image, prepare_mask
+from sdxl_lora.data.images import crop_offset, face_box, face_crop_window, prepare_image, prepare_mask
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
 
 
@@ -87,9 +87,20 @@ class TrainDataset(Dataset):
                 pixels = [self._pixels(image, key, None)[0] for (image, _), key in zip(chunk, keys, strict=True)]
                 yield keys, torch.stack(pixels)
 
-    def _pixels(self, image: ImagePlan, key: LatentKey, color_rng: random.Random | None):
+    def _window(self, image: ImagePlan, rng: random.Random) -> tuple[Size, tuple[int, int]]:
+        """(resized size, crop window (left, top)) of one sample: centred, random_crop, or face_crop_aug_range
+        around the face named in the file name."""
         subset = self.plan.config.subsets[image.subset_index]
-        return prepare_image(image.path, bucket=image.bucket, resized=image.resized_size,
+        face = face_box(image.path) if subset.face_crop_aug_range else None
+        if face is not None:
+            return face_crop_window(image.original_size, image.bucket, face, subset.face_crop_aug_range, rng)
+        return image.resized_size, crop_offset(image.resized_size, image.bucket,
+                                               rng if subset.random_crop else None)
+
+    def _pixels(self, image: ImagePlan, key: LatentKey, color_rng: random.Random | None,
+                resized: Size | None = None):
+        subset = self.plan.config.subsets[image.subset_index]
+        return prepare_image(image.path, bucket=image.bucket, resized=resized or image.resized_size,
                              interpolation=subset.resize_interpolation, offset=key.crop, flip=key.flip,
                              alpha_mask=subset.alpha_mask, color_rng=color_rng)
 
@@ -134,22 +145,22 @@ class TrainDataset(Dataset):
         for image in images:
             subset = self.plan.config.subsets[image.subset_index]
             flip = subset.flip_aug and rng.random() < 0.5
-            key = latent_key(image, crop_offset(image.resized_size, image.bucket,
-                                                rng if subset.random_crop else None), flip)
+            resized, crop = self._window(image, rng)
+            key = latent_key(image, crop, flip)
             mask = None
             if self.latents is not None:
                 latents.append(self.latents[key])
             if self.latents is None or subset.alpha_mask:  # with latents, decode only for the alpha mask
-                tensor, mask = self._pixels(image, key, rng if subset.color_aug else None)
+                tensor, mask = self._pixels(image, key, rng if subset.color_aug else None, resized)
                 pixels.append(tensor)
             if image.mask_path is not None:
                 mask = prepare_mask(image.mask_path, original=image.original_size, bucket=image.bucket,
-                                    resized=image.resized_size, offset=key.crop, flip=flip)
+                                    resized=resized, offset=crop, flip=flip)
             masks.append(mask)
             keys.append(key)
             captions.append(process_caption(image.caption, subset, rng, epoch=epoch, step=step,
                                             max_train_steps=self.max_train_steps))
-            crops.append(crop_top_left(image.resized_size, image.bucket, key.crop, flip))
+            crops.append(crop_top_left(resized, image.bucket, crop, flip))
         ids_1, ids_2 = self.tokenize(captions) if self.tokenize is not None else (None, None)
         return Batch(
             paths=[i.path for i in images], captions=captions, latent_keys=keys,

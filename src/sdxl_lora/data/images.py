@@ -151,3 +151,33 @@ def prepare_mask(path: str | Path, *, original: Size, bucket: Size, resized: Siz
     offset = centre_offset(resized, bucket) if offset is None else offset
     fitted = fit(red, resized, bucket, resize_filter(None, original, resized), offset, flip)
     return torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 255.0)
+
+
+def face_box(path: str | Path) -> tuple[int, int, int, int] | None:
+    """(centre x, centre y, width, height) of the face from a face-crop file name `name_cx_cy_w_h.ext`
+    (original pixels), or None when the name carries no face."""
+    parts = Path(path).stem.split("_")
+    if len(parts) < 5 or not all(p.isdigit() for p in parts[-4:]):
+        return None
+    cx, cy, width, height = (int(p) for p in parts[-4:])
+    return (cx, cy, width, height) if width > 0 and height > 0 else None
+
+
+def face_crop_window(original: Size, bucket: Size, face: tuple[int, int, int, int],
+                     aug_range: tuple[float, float], rng: random.Random) -> tuple[Size, tuple[int, int]]:
+    """face_crop_aug_range (spec 2.6): (resized size, window (left, top)) for one sample.
+
+    The scale makes the face's larger side a uniform U(low, high) fraction of the bucket's shorter side,
+    clamped so that the image still covers the bucket and is not enlarged beyond that; the window is centred
+    on the face, moved by up to a tenth of the bucket each way, and kept inside the image.
+    """
+    cx, cy, face_w, face_h = face
+    cover = max(bucket[0] / original[0], bucket[1] / original[1])
+    scale = rng.uniform(*aug_range) * min(bucket) / max(face_w, face_h)
+    scale = min(max(scale, cover), max(cover, 1.0))
+    resized = (max(bucket[0], int(original[0] * scale + 0.5)), max(bucket[1], int(original[1] * scale + 0.5)))
+    offset = []
+    for centre, side, length in ((cx, bucket[0], resized[0]), (cy, bucket[1], resized[1])):
+        start = centre * scale - side / 2 + rng.uniform(-0.1, 0.1) * side
+        offset.append(int(min(max(0.0, start), length - side)))
+    return resized, (offset[0], offset[1])

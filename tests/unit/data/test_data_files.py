@@ -16,7 +16,14 @@ from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.data.dataset import TrainDataset
 from sdxl_lora.data.discover import caption_candidates, discover_subset, image_size
-from sdxl_lora.data.images import ImageError, color_augment, prepare_image, prepare_mask
+from sdxl_lora.data.images import (
+    ImageError,
+    color_augment,
+    face_box,
+    face_crop_window,
+    prepare_image,
+    prepare_mask,
+)
 from sdxl_lora.data.plan import build_plan
 
 
@@ -200,3 +207,24 @@ def test_color_aug_gamma_and_hue_by_hand():
     # Hue +8 on OpenCV's 0-180 scale = 16 degrees: pure red becomes red with some green (G = 255 * 16/60 = 68).
     red, green, blue = color_augment(Image.new("RGB", (1, 1), (255, 0, 0)), Draws([0.1, 0.2], 8.0)).getpixel((0, 0))
     assert red == 255 and blue == 0 and 60 <= green <= 72
+
+
+class Middle:
+    """uniform(a, b) returns the middle of the range."""
+
+    def uniform(self, low, high) -> float:
+        return (low + high) / 2
+
+
+def test_face_crop_window_by_hand():
+    assert face_box("x/dog_300_100_40_40.png") == (300, 100, 40, 40)
+    assert face_box("x/a_b_c_d_e.png") is None and face_box("x/dog.png") is None
+    # 400x200, bucket 64x64, face 40 px: scale 0.5 * 64 / 40 = 0.8 (cover needs 0.32) -> 320x160; the window is
+    # centred on the face at (240, 80): left 240 - 32 = 208, top 80 - 32 = 48.
+    assert face_crop_window((400, 200), (64, 64), (300, 100, 40, 40), (0.4, 0.6), Middle()) == ((320, 160),
+                                                                                                 (208, 48))
+    # A face wanted at 4x the bucket would need scale 6.4: clamped to 1 (no enlarging); window 268, 68.
+    assert face_crop_window((400, 200), (64, 64), (300, 100, 40, 40), (4.0, 4.0), Middle()) == ((400, 200),
+                                                                                                 (268, 68))
+    # Face at the right edge: 390 * 0.8 - 32 = 280 is clamped to 320 - 64 = 256.
+    assert face_crop_window((400, 200), (64, 64), (390, 100, 40, 40), (0.4, 0.6), Middle())[1] == (256, 48)
