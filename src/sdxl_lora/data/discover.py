@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagesize
 from PIL import Image
 
 from sdxl_lora.config.dataset_toml import IMAGE_EXTENSIONS, SubsetConfig
@@ -99,14 +100,31 @@ def _tail_is_complete(path: Path, image_format: str | None) -> bool:
     return True
 
 
+_BY_SUFFIX = {".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}
+"""Formats whose size is read by `imagesize` (PIL decodes a WebP to open it)."""
+
+
+def _header(path: Path) -> tuple[tuple[int, int], str | None, int]:
+    """(stored size, format, EXIF orientation) from the header alone."""
+    image_format = _BY_SUFFIX.get(path.suffix.lower())
+    if image_format is not None:
+        try:
+            width, height = imagesize.get(path)
+        except ValueError:  # a header imagesize cannot parse; PIL decides below
+            width = height = -1
+        if width > 0 and height > 0:
+            return (width, height), image_format, 1
+    try:
+        with Image.open(path) as image:
+            return image.size, image.format, orientation(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DiscoveryError(f"cannot read image {path}: {e}") from e
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) as shown (EXIF orientation applied), from the header. A file whose end marker is
     missing is decoded once to tell a truncated file from one with trailing data. Raises DiscoveryError."""
-    try:
-        with Image.open(path) as image:
-            size, image_format, orient = image.size, image.format, orientation(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DiscoveryError(f"cannot read image {path}: {e}") from e
+    size, image_format, orient = _header(path)
     if not _tail_is_complete(path, image_format):
         try:
             load_upright(path)
@@ -115,8 +133,9 @@ def image_size(path: Path) -> tuple[int, int]:
     return upright_size(size, orient)
 
 
-def _caption_of(path: Path, subset: SubsetConfig) -> str | None:
-    caption_file = next((c for c in caption_candidates(path, subset.caption_extension) if c.is_file()), None)
+def _caption_of(path: Path, subset: SubsetConfig, names: set[str]) -> str | None:
+    """The caption from the first candidate file among `names` (the folder's entries, listed once)."""
+    caption_file = next((c for c in caption_candidates(path, subset.caption_extension) if c.name in names), None)
     if caption_file is not None:
         return read_caption(caption_file, subset.enable_wildcard)
     return None
@@ -136,9 +155,10 @@ def discover_subset(subset: SubsetConfig) -> tuple[list[FoundImage], list[BadFil
         return discover_metadata_subset(subset)
     found, bad, uncaptioned = [], [], 0
     masks = _masks(subset) if subset.conditioning_data_dir else None
+    names = set(os.listdir(subset.image_dir))
     for path in list_images(Path(subset.image_dir)):
         try:
-            caption = _caption_of(path, subset)
+            caption = _caption_of(path, subset, names)
             if caption is None:
                 caption = subset.class_tokens or ""
                 uncaptioned += caption == ""

@@ -32,8 +32,9 @@ _TRANSPOSES = {
     8: (Image.Transpose.ROTATE_90,),
 }
 """EXIF orientation -> PIL operations that show the image upright (orientations 5-8 swap width and height)."""
-_EXIF_FORMATS = {"JPEG", "MPO", "WEBP", "TIFF"}
-"""Formats whose EXIF block PIL reads with the header, so sizes can honour it without decoding."""
+_EXIF_FORMATS = {"JPEG", "MPO"}
+"""Formats whose EXIF orientation is honoured: PIL reads their EXIF block with the header, so sizes honour it
+without decoding (PIL reads a WebP's only by decoding it; photos with orientation tags are JPEGs)."""
 
 
 class ImageError(Exception):
@@ -41,8 +42,8 @@ class ImageError(Exception):
 
 
 def orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1 = upright) of an opened, not yet decoded image; 1 for formats without EXIF in
-    the header (PNG), so that scanned sizes and loaded pixels always agree."""
+    """The EXIF orientation (1 = upright) of an opened, not yet decoded JPEG; 1 for other formats, so that
+    scanned sizes and loaded pixels always agree."""
     if image.format not in _EXIF_FORMATS:
         return 1
     value = image.getexif().get(EXIF_ORIENTATION, 1)

@@ -228,3 +228,18 @@ def test_face_crop_window_by_hand():
                                                                                                  (268, 68))
     # Face at the right edge: 390 * 0.8 - 32 = 280 is clamped to 320 - 64 = 256.
     assert face_crop_window((400, 200), (64, 64), (390, 100, 40, 40), (0.4, 0.6), Middle())[1] == (256, 48)
+
+
+def test_scanning_decodes_no_image(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    for name in ("a.png", "b.jpg", "c.webp", "d.bmp"):
+        noise(tmp_path / name, size=(64, 48))
+
+    def no_decoding(self):
+        raise AssertionError("an image was decoded during the scan")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    (plan,) = build_plan((one_dataset(SubsetConfig(str(tmp_path), class_tokens="x")),)).datasets
+    assert sorted(i.original_size for i in plan.images) == [(64, 48)] * 4
