@@ -134,14 +134,23 @@ class TrainDataset(Dataset):
     def __getitem__(self, index: int) -> Batch:
         return self.batch(index, step=(self._epoch.value * len(self) + index) // self.accumulation)
 
+    def captions(self, index: int, step: int) -> list[str]:
+        """The processed captions of batch `index` of the current epoch at optimizer step `step`, from their
+        own generator, so that they can be shown (sdxl-lora check) without reading any image."""
+        epoch = self._epoch.value
+        rng = random.Random(f"{self.seed}:{epoch}:{index}:captions")
+        return [process_caption(image.caption, self.plan.config.subsets[image.subset_index], rng, epoch=epoch,
+                                step=step, max_train_steps=self.max_train_steps)
+                for image in self.batch_images(index)]
+
     def batch(self, index: int, step: int) -> Batch:
         """Batch `index` of the current epoch, captions as at optimizer step `step` (token warmup); tokenized
         here, in the loader worker, when the dataset has a tokenizer."""
         images = self.batch_images(index)
-        epoch = self._epoch.value
-        # One generator per batch: flips, crops and captions do not depend on DataLoader worker scheduling.
-        rng = random.Random(f"{self.seed}:{epoch}:{index}")
-        pixels, latents, masks, captions, crops, keys = [], [], [], [], [], []
+        # One generator per batch: flips and crops do not depend on DataLoader worker scheduling.
+        rng = random.Random(f"{self.seed}:{self._epoch.value}:{index}")
+        captions = self.captions(index, step)
+        pixels, latents, masks, crops, keys = [], [], [], [], []
         for image in images:
             subset = self.plan.config.subsets[image.subset_index]
             flip = subset.flip_aug and rng.random() < 0.5
@@ -158,8 +167,6 @@ class TrainDataset(Dataset):
                                     resized=resized, offset=crop, flip=flip)
             masks.append(mask)
             keys.append(key)
-            captions.append(process_caption(image.caption, subset, rng, epoch=epoch, step=step,
-                                            max_train_steps=self.max_train_steps))
             crops.append(crop_top_left(resized, image.bucket, crop, flip))
         ids_1, ids_2 = self.tokenize(captions) if self.tokenize is not None else (None, None)
         return Batch(
@@ -228,6 +235,24 @@ class TrainDatasets(ConcatDataset):
         """The run's length and accumulation, for token warmup."""
         for dataset in self.datasets:
             dataset.set_schedule(max_train_steps, gradient_accumulation_steps)
+
+    def caption_preview(self, per_subset: int = 3) -> list[list[list[dict]]]:
+        """Per dataset, per subset: the first `per_subset` samples of the current epoch in training order,
+        each {"path", "caption"} with the caption as it will be encoded. Reads no image."""
+        preview = [[[] for _ in d.plan.config.subsets] for d in self.datasets]
+        wanted = sum(min(per_subset, s.num_images) for d in self.datasets for s in d.plan.subsets
+                     if s.num_repeats > 0)
+        for index, (d, j) in enumerate(self.batch_order()):
+            dataset = self.datasets[d]
+            step = (self._epoch.value * len(self) + index) // dataset.accumulation
+            for image, caption in zip(dataset.batch_images(j), dataset.captions(j, step), strict=True):
+                shown = preview[d][image.subset_index]
+                if len(shown) < per_subset and all(e["path"] != image.path for e in shown):
+                    shown.append({"path": image.path, "caption": caption})
+                    wanted -= 1
+            if wanted <= 0:
+                break
+        return preview
 
     @property
     def plan(self) -> Plan:
