@@ -292,6 +292,12 @@ class TrainDatasets(ConcatDataset):
             yield from dataset.iter_images_for_cache(batch_size)
 
 
+def shuffle_seed(global_seed: int) -> int:
+    """The datasets' shuffle seed for a run with `--seed global_seed`: what sd-scripts draws with
+    random.randint(0, 2**31) right after seeding, so training and `sdxl-lora check` agree."""
+    return random.Random(global_seed).randint(0, 2**31)
+
+
 def dataset_seed(seed: int, index: int) -> int:
     """Shuffle seed of dataset `index` (sd-scripts draws one per dataset after seeding; this is derived)."""
     return random.Random(f"dataset:{seed}:{index}").randrange(2**31)
