@@ -291,3 +291,23 @@ def test_persistent_workers_follow_set_epoch(tmp_path):
         datasets.set_epoch(epoch)
         seen = [(b.paths, b.captions) for b in loader]
         assert seen == [(datasets[k].paths, datasets[k].captions) for k in range(len(datasets))], epoch
+
+
+def test_dataset_report_lists_buckets_and_first_epoch_captions(tmp_path):
+    from sdxl_lora.data.dataset import shuffle_seed
+    from sdxl_lora.data.report import dataset_report
+
+    plan = build_plan((config(tmp_path, caption_prefix="x, y,", shuffle_caption=True),))
+    (entry,) = dataset_report(plan, seed=11, max_train_steps=10, per_subset=2)
+    assert {(Path(i["path"]).name, tuple(i["bucket"])) for i in entry["images"]} == {
+        ("a.png", (128, 128)), ("b.png", (128, 128)), ("c.png", (192, 64)), ("d.png", (64, 192)),
+        ("e.png", (64, 192)), ("r.png", (128, 128))}
+    shown = entry["subsets"][0]["first_epoch_captions"]
+    training = build_train_dataset(plan, seed=shuffle_seed(11))
+    first = {}
+    for k in range(len(training)):
+        batch = training[k]
+        for path, caption in zip(batch.paths, batch.captions, strict=True):
+            first.setdefault(path, caption)
+    assert len(shown) == 2 and all(first[e["path"]] == e["caption"] for e in shown)
+    assert entry["subsets"][1]["first_epoch_captions"][0]["caption"] == "dog"
