@@ -102,8 +102,9 @@ OPTIONS: tuple[Option, ...] = (
            help="DreamBooth-style parent folder with 'N_tokens' subfolders (ignored with --dataset_config)"),
     Option("reg_data_dir", DATASET, "str", None, roadmap=DATA,
            help="regularization image parent folder, same naming (ignored with --dataset_config)", status=WORKS),
-    Option("in_json", DATASET, "str", None, roadmap=DATA,
-           help="fine-tuning metadata JSON/JSONL (ignored with --dataset_config)"),
+    Option("in_json", DATASET, "str", None, roadmap=DATA, status=WORKS,
+           help="fine-tuning metadata JSON/JSONL; relative names are under --train_data_dir (ignored with "
+                "--dataset_config)"),
     Option("dataset_repeats", DATASET, "int", 1, status=WORKS, help="default num_repeats of each subset"),
     Option("cache_info", DATASET, "flag", False, roadmap=DATA,
            help="DreamBooth: cache captions and image sizes in metadata_cache.json per image folder"),
@@ -161,8 +162,9 @@ OPTIONS: tuple[Option, ...] = (
            help="per-tag drop probability for flexible tags", status=WORKS),
     Option("prior_loss_weight", DATASET, "float", 1.0, roadmap=DATA,
            help="loss weight of regularization images", status=WORKS),
-    Option("conditioning_data_dir", DATASET, "str", None, roadmap=DATA,
-           help="accepted but unused by sd-scripts' LoRA trainer (masks come from the dataset TOML)"),
+    Option("conditioning_data_dir", DATASET, "str", None, roadmap=DATA, status=WORKS,
+           help="ignored with a warning, as by sd-scripts' LoRA trainer: masks come from conditioning_data_dir "
+                "in the dataset TOML"),
     Option("weighted_captions", DATASET, "flag", False, roadmap=LOADING,
            help="'(word:1.2)' and '[word]' attention weights in captions"),
     # Output and saving (spec 1.8, 1.10)
@@ -357,7 +359,9 @@ OPTIONS: tuple[Option, ...] = (
            help="weight of an added v-prediction-like loss"),
     Option("debiased_estimation_loss", LOSS, "flag", False, roadmap=LOOP,
            help="debiased estimation loss weighting"),
-    Option("masked_loss", LOSS, "flag", False, roadmap=DATA, help="multiply the loss by a mask image"),
+    Option("masked_loss", LOSS, "flag", False, roadmap=DATA, status=WORKS,
+           help="multiply the loss by the mask images of conditioning_data_dir subsets (red channel, cropped "
+                "like their image); alpha_mask subsets are masked with or without it"),
     # Validation (spec 1.13)
     Option("validation_split", VALIDATION, "float", 0.0, roadmap=SAMPLING,
            help="default fraction of each dataset held out for validation"),
@@ -383,6 +387,9 @@ OPTIONS: tuple[Option, ...] = (
            help="DataLoader workers (at most the CPU count)"),
     Option("persistent_data_loader_workers", OTHERS, "flag", False, status=WORKS,
            help="keep DataLoader workers alive between epochs"),
+    Option("skip_bad_files", OTHERS, "flag", False, status=WORKS,
+           help="not in sd-scripts: leave unreadable or truncated images, empty captions, too-small images and "
+                "mismatched masks out of training (listed in a warning) instead of stopping"),
     Option("ddp_timeout", OTHERS, "int", None, roadmap=MULTI, help="process-group timeout in minutes"),
     Option("ddp_gradient_as_bucket_view", OTHERS, "flag", False, roadmap=MULTI,
            help="DDP gradient_as_bucket_view"),

@@ -61,7 +61,7 @@ def run(cfg: RunConfig) -> RunResult:
 
     # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
     # loaded tokenizers. Its shuffle seed is what sd-scripts draws right after global seeding.
-    data_plan = build_plan(cfg.data.datasets)
+    data_plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
     models = load_sdxl(cfg.model, accelerator.device)
     tokens = functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
                                max_token_length=cfg.model.max_token_length)
