@@ -144,7 +144,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("bucket_reso_steps", DATASET, "int", 64, status=WORKS,
            help="bucket side granularity (a multiple of 32 for SDXL)"),
     Option("bucket_no_upscale", DATASET, "flag", False, roadmap=DATA,
-           help="per-image buckets without upscaling (min/max bucket sides ignored)", status=WORKS),
+           help="per-image buckets without upscaling: the largest bucket on the grid within the resolution's "
+                "area, cropping at most 10% per side (sd-scripts' rounding can lose a step); min/max bucket "
+                "sides are only checked", status=WORKS),
     Option("resize_interpolation", DATASET, "str", None, INTERPOLATIONS, roadmap=DATA,
            help="resize filter; default area when shrinking, lanczos when enlarging", status=WORKS),
     Option("token_warmup_min", DATASET, "int", 1, roadmap=DATA, help="tag-count warmup start", status=WORKS),
