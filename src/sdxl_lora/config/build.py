@@ -37,7 +37,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
-        problems += validate_datasets(datasets, cache_latents=bool(values.get("cache_latents")))
+        problems += validate_datasets(datasets, cache_latents=bool(values.get("cache_latents")),
+                                      masked_loss=bool(values.get("masked_loss")))
         problems += check_dataset_rules(values, datasets)
     if problems:
         raise ConfigError(problems)
@@ -119,6 +120,7 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         max_data_loader_n_workers=int(v.get("max_data_loader_n_workers") or 0),
         persistent_data_loader_workers=bool(v.get("persistent_data_loader_workers")),
         prior_loss_weight=float(v.get("prior_loss_weight") if v.get("prior_loss_weight") is not None else 1.0),
+        masked_loss=bool(v.get("masked_loss")), skip_bad_files=bool(v.get("skip_bad_files")),
     )
     optim = OptimConfig(
         optimizer_type=v.get("optimizer_type") or "AdamW", learning_rate=float(v["learning_rate"]),

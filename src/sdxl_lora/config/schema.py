@@ -93,6 +93,10 @@ class DataConfig:
     """Keep DataLoader workers alive between epochs."""
     prior_loss_weight: float = 1.0
     """Loss weight of regularisation images."""
+    masked_loss: bool = False
+    """Multiply the loss by conditioning_data_dir masks (alpha masks apply either way)."""
+    skip_bad_files: bool = False
+    """Leave unusable image, caption and mask files out (with a warning) instead of stopping."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sdxl_lora.data import metadata
 from sdxl_lora.data.batch import Batch
 from sdxl_lora.data.buckets import Size, centre_offset, crop_top_left
 from sdxl_lora.data.captions import process_caption
-from sdxl_lora.data.images import crop_offset, prepare_image, prepare_mask
+from sdxl_lora.data.images import crop_offset, face_box, face_crop_window, prepare_image, prepare_mask
 from sdxl_lora.data.latent_cache import LatentJob, LatentKey
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
 from sdxl_lora.data.text_cache import TextJob
@@ -100,9 +100,20 @@ class TrainDataset(Dataset):
                 jobs += [TextJob(caption, image.path) for caption in sorted(captions)]
         return jobs
 
-    def _pixels(self, image: ImagePlan, key: LatentKey, color_rng: random.Random | None):
+    def _window(self, image: ImagePlan, rng: random.Random) -> tuple[Size, tuple[int, int]]:
+        """(resized size, crop window (left, top)) of one sample: centred, random_crop, or face_crop_aug_range
+        around the face named in the file name."""
         subset = self.plan.config.subsets[image.subset_index]
-        return prepare_image(image.path, bucket=image.bucket, resized=image.resized_size,
+        face = face_box(image.path) if subset.face_crop_aug_range else None
+        if face is not None:
+            return face_crop_window(image.original_size, image.bucket, face, subset.face_crop_aug_range, rng)
+        return image.resized_size, crop_offset(image.resized_size, image.bucket,
+                                               rng if subset.random_crop else None)
+
+    def _pixels(self, image: ImagePlan, key: LatentKey, color_rng: random.Random | None,
+                resized: Size | None = None):
+        subset = self.plan.config.subsets[image.subset_index]
+        return prepare_image(image.path, bucket=image.bucket, resized=resized or image.resized_size,
                              interpolation=subset.resize_interpolation, offset=key.crop, flip=key.flip,
                              alpha_mask=subset.alpha_mask, color_rng=color_rng)
 
@@ -136,36 +147,43 @@ class TrainDataset(Dataset):
     def __getitem__(self, index: int) -> Batch:
         return self.batch(index, step=(self._epoch.value * len(self) + index) // self.accumulation)
 
+    def captions(self, index: int, step: int) -> list[str]:
+        """The processed captions of batch `index` of the current epoch at optimizer step `step`, from their
+        own generator, so that they can be shown (sdxl-lora check) without reading any image."""
+        epoch = self._epoch.value
+        if self.caption_variants:  # text-encoder outputs are cached: one of each image's cached captions
+            return [self.caption_variant(image, self._variant(image, epoch), epoch)
+                    for image in self.batch_images(index)]
+        rng = random.Random(f"{self.seed}:{epoch}:{index}:captions")
+        return [process_caption(image.caption, self.plan.config.subsets[image.subset_index], rng, epoch=epoch,
+                                step=step, max_train_steps=self.max_train_steps)
+                for image in self.batch_images(index)]
+
     def batch(self, index: int, step: int) -> Batch:
         """Batch `index` of the current epoch, captions as at optimizer step `step` (token warmup); tokenized
         here, in the loader worker, when the dataset has a tokenizer."""
         images = self.batch_images(index)
-        epoch = self._epoch.value
-        # One generator per batch: flips, crops and captions do not depend on DataLoader worker scheduling.
-        rng = random.Random(f"{self.seed}:{epoch}:{index}")
-        pixels, latents, masks, captions, crops, keys = [], [], [], [], [], []
+        # One generator per batch: flips and crops do not depend on DataLoader worker scheduling.
+        rng = random.Random(f"{self.seed}:{self._epoch.value}:{index}")
+        captions = self.captions(index, step)
+        pixels, latents, masks, crops, keys = [], [], [], [], []
         for image in images:
             subset = self.plan.config.subsets[image.subset_index]
             flip = subset.flip_aug and rng.random() < 0.5
-            key = latent_key(image, crop_offset(image.resized_size, image.bucket,
-                                                rng if subset.random_crop else None), flip)
+            resized, crop = self._window(image, rng)
+            key = latent_key(image, crop, flip)
             mask = None
             if self.latents is not None:
                 latents.append(self.latents[key])
             if self.latents is None or subset.alpha_mask:  # with latents, decode only for the alpha mask
-                tensor, mask = self._pixels(image, key, rng if subset.color_aug else None)
+                tensor, mask = self._pixels(image, key, rng if subset.color_aug else None, resized)
                 pixels.append(tensor)
             if image.mask_path is not None:
                 mask = prepare_mask(image.mask_path, original=image.original_size, bucket=image.bucket,
-                                    resized=image.resized_size, offset=key.crop, flip=flip)
+                                    resized=resized, offset=crop, flip=flip)
             masks.append(mask)
             keys.append(key)
-            if self.caption_variants:  # text-encoder outputs are cached: one of the image's cached captions
-                captions.append(self.caption_variant(image, self._variant(image, epoch), epoch))
-            else:
-                captions.append(process_caption(image.caption, subset, rng, epoch=epoch, step=step,
-                                                max_train_steps=self.max_train_steps))
-            crops.append(crop_top_left(image.resized_size, image.bucket, key.crop, flip))
+            crops.append(crop_top_left(resized, image.bucket, crop, flip))
         ids_1, ids_2 = self.tokenize(captions) if self.tokenize is not None else (None, None)
         return Batch(
             paths=[i.path for i in images], captions=captions, latent_keys=keys,
@@ -234,6 +252,24 @@ class TrainDatasets(ConcatDataset):
         for dataset in self.datasets:
             dataset.set_schedule(max_train_steps, gradient_accumulation_steps)
 
+    def caption_preview(self, per_subset: int = 3) -> list[list[list[dict]]]:
+        """Per dataset, per subset: the first `per_subset` samples of the current epoch in training order,
+        each {"path", "caption"} with the caption as it will be encoded. Reads no image."""
+        preview = [[[] for _ in d.plan.config.subsets] for d in self.datasets]
+        wanted = sum(min(per_subset, s.num_images) for d in self.datasets for s in d.plan.subsets
+                     if s.num_repeats > 0)
+        for index, (d, j) in enumerate(self.batch_order()):
+            dataset = self.datasets[d]
+            step = (self._epoch.value * len(self) + index) // dataset.accumulation
+            for image, caption in zip(dataset.batch_images(j), dataset.captions(j, step), strict=True):
+                shown = preview[d][image.subset_index]
+                if len(shown) < per_subset and all(e["path"] != image.path for e in shown):
+                    shown.append({"path": image.path, "caption": caption})
+                    wanted -= 1
+            if wanted <= 0:
+                break
+        return preview
+
     @property
     def plan(self) -> Plan:
         return Plan(tuple(d.plan for d in self.datasets))
@@ -277,6 +313,12 @@ class TrainDatasets(ConcatDataset):
     def text_jobs(self) -> list[TextJob]:
         """Each dataset's captions to cache."""
         return [job for dataset in self.datasets for job in dataset.text_jobs()]
+
+
+def shuffle_seed(global_seed: int) -> int:
+    """The datasets' shuffle seed for a run with `--seed global_seed`: what sd-scripts draws with
+    random.randint(0, 2**31) right after seeding, so training and `sdxl-lora check` agree."""
+    return random.Random(global_seed).randint(0, 2**31)
 
 
 def dataset_seed(seed: int, index: int) -> int:

@@ -32,8 +32,9 @@ _TRANSPOSES = {
     8: (Image.Transpose.ROTATE_90,),
 }
 """EXIF orientation -> PIL operations that show the image upright (orientations 5-8 swap width and height)."""
-_EXIF_FORMATS = {"JPEG", "MPO", "WEBP", "TIFF"}
-"""Formats whose EXIF block PIL reads with the header, so sizes can honour it without decoding."""
+_EXIF_FORMATS = {"JPEG", "MPO"}
+"""Formats whose EXIF orientation is honoured: PIL reads their EXIF block with the header, so sizes honour it
+without decoding (PIL reads a WebP's only by decoding it; photos with orientation tags are JPEGs)."""
 
 
 class ImageError(Exception):
@@ -41,8 +42,8 @@ class ImageError(Exception):
 
 
 def orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1 = upright) of an opened, not yet decoded image; 1 for formats without EXIF in
-    the header (PNG), so that scanned sizes and loaded pixels always agree."""
+    """The EXIF orientation (1 = upright) of an opened, not yet decoded JPEG; 1 for other formats, so that
+    scanned sizes and loaded pixels always agree."""
     if image.format not in _EXIF_FORMATS:
         return 1
     value = image.getexif().get(EXIF_ORIENTATION, 1)
@@ -151,3 +152,33 @@ def prepare_mask(path: str | Path, *, original: Size, bucket: Size, resized: Siz
     offset = centre_offset(resized, bucket) if offset is None else offset
     fitted = fit(red, resized, bucket, resize_filter(None, original, resized), offset, flip)
     return torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 255.0)
+
+
+def face_box(path: str | Path) -> tuple[int, int, int, int] | None:
+    """(centre x, centre y, width, height) of the face from a face-crop file name `name_cx_cy_w_h.ext`
+    (original pixels), or None when the name carries no face."""
+    parts = Path(path).stem.split("_")
+    if len(parts) < 5 or not all(p.isdigit() for p in parts[-4:]):
+        return None
+    cx, cy, width, height = (int(p) for p in parts[-4:])
+    return (cx, cy, width, height) if width > 0 and height > 0 else None
+
+
+def face_crop_window(original: Size, bucket: Size, face: tuple[int, int, int, int],
+                     aug_range: tuple[float, float], rng: random.Random) -> tuple[Size, tuple[int, int]]:
+    """face_crop_aug_range (spec 2.6): (resized size, window (left, top)) for one sample.
+
+    The scale makes the face's larger side a uniform U(low, high) fraction of the bucket's shorter side,
+    clamped so that the image still covers the bucket and is not enlarged beyond that; the window is centred
+    on the face, moved by up to a tenth of the bucket each way, and kept inside the image.
+    """
+    cx, cy, face_w, face_h = face
+    cover = max(bucket[0] / original[0], bucket[1] / original[1])
+    scale = rng.uniform(*aug_range) * min(bucket) / max(face_w, face_h)
+    scale = min(max(scale, cover), max(cover, 1.0))
+    resized = (max(bucket[0], int(original[0] * scale + 0.5)), max(bucket[1], int(original[1] * scale + 0.5)))
+    offset = []
+    for centre, side, length in ((cx, bucket[0], resized[0]), (cy, bucket[1], resized[1])):
+        start = centre * scale - side / 2 + rng.uniform(-0.1, 0.1) * side
+        offset.append(int(min(max(0.0, start), length - side)))
+    return resized, (offset[0], offset[1])

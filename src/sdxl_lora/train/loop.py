@@ -45,7 +45,7 @@ def run(cfg: RunConfig) -> RunResult:
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    from sdxl_lora.data.dataset import build_train_dataset, collate_first
+    from sdxl_lora.data.dataset import build_train_dataset, collate_first, shuffle_seed
     from sdxl_lora.data.plan import build_plan
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
@@ -59,13 +59,14 @@ def run(cfg: RunConfig) -> RunResult:
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
 
-    # The datasets are scanned before any weight is read (bad data stops the run early) and their epoch-shuffle
-    # seed is drawn right after global seeding (as sd-scripts); the dataset needs the loaded tokenizers.
-    data_plan, data_seed = build_plan(cfg.data.datasets), random.randint(0, 2**31)
+    # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
+    # loaded tokenizers. Its shuffle seed is what sd-scripts draws right after global seeding.
+    data_plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
     models = load_sdxl(cfg.model, accelerator.device)
-    dataset = build_train_dataset(data_plan, seed=data_seed, prior_loss_weight=cfg.data.prior_loss_weight,
-                                  tokenize=functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
-                                                             max_token_length=cfg.model.max_token_length))
+    tokens = functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
+                               max_token_length=cfg.model.max_token_length)
+    dataset = build_train_dataset(data_plan, seed=shuffle_seed(cfg.train.seed),
+                                  prior_loss_weight=cfg.data.prior_loss_weight, tokenize=tokens)
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)

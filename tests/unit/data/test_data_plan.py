@@ -79,7 +79,9 @@ def test_plan_reports_every_unusable_file(tmp_path):
     (tmp_path / "reg" / "r0.caption").write_text("\n", encoding="utf-8")
     with pytest.raises(ConfigError) as e:
         build_plan((config,))
-    assert [p.split(": ")[0] for p in e.value.problems] == ["datasets[0].subsets[0]", "datasets[0].subsets[1]"]
+    assert [p.split(": ")[0] for p in e.value.problems] == ["datasets[0].subsets[0]", "datasets[0].subsets[1]",
+                                                            "to leave unusable files out and train on the rest, "
+                                                            "pass --skip_bad_files"]
 
 
 def test_no_upscale_image_smaller_than_a_step_is_a_problem(tmp_path):

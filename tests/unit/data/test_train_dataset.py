@@ -262,3 +262,50 @@ def test_token_warmup_follows_the_optimizer_step_of_each_batch(tmp_path):
                 assert caption == ", ".join(["p1", "p2", "p3", "p4", "p5"][:expected[k]]), k
                 seen += 1
     assert seen == 10
+
+
+def test_caption_preview_shows_what_the_first_epoch_trains_on(tmp_path):
+    datasets = build_train_dataset((config(tmp_path, caption_prefix="a, b, c, d,", shuffle_caption=True,
+                                          keep_tokens=1),), seed=5)
+    preview = datasets.caption_preview(per_subset=2)
+    trained = {}
+    for k in range(len(datasets)):
+        batch = datasets[k]
+        for path, caption in zip(batch.paths, batch.captions, strict=True):
+            trained.setdefault(path, caption)
+    (train, reg), = preview
+    assert len(train) == 2 and len(reg) == 1  # one regularisation image
+    for entry in train + reg:
+        assert entry["caption"] == trained[entry["path"]]
+    assert all(e["caption"].startswith("a, ") and sorted(e["caption"].split(", ")) == ["a", "b", "c", "d", "sks"]
+               for e in train)
+
+
+def test_persistent_workers_follow_set_epoch(tmp_path):
+    datasets = build_train_dataset((config(tmp_path / "one"), config(tmp_path / "two", batch_size=2)), seed=3)
+    loader = DataLoader(datasets, batch_size=1, shuffle=False, collate_fn=collate_first, num_workers=2,
+                        persistent_workers=True)
+    for epoch in (0, 1, 2):
+        datasets.set_epoch(epoch)
+        seen = [(b.paths, b.captions) for b in loader]
+        assert seen == [(datasets[k].paths, datasets[k].captions) for k in range(len(datasets))], epoch
+
+
+def test_dataset_report_lists_buckets_and_first_epoch_captions(tmp_path):
+    from sdxl_lora.data.dataset import shuffle_seed
+    from sdxl_lora.data.report import dataset_report
+
+    plan = build_plan((config(tmp_path, caption_prefix="x, y,", shuffle_caption=True),))
+    (entry,) = dataset_report(plan, seed=11, max_train_steps=10, per_subset=2)
+    assert {(Path(i["path"]).name, tuple(i["bucket"])) for i in entry["images"]} == {
+        ("a.png", (128, 128)), ("b.png", (128, 128)), ("c.png", (192, 64)), ("d.png", (64, 192)),
+        ("e.png", (64, 192)), ("r.png", (128, 128))}
+    shown = entry["subsets"][0]["first_epoch_captions"]
+    training = build_train_dataset(plan, seed=shuffle_seed(11))
+    first = {}
+    for k in range(len(training)):
+        batch = training[k]
+        for path, caption in zip(batch.paths, batch.captions, strict=True):
+            first.setdefault(path, caption)
+    assert len(shown) == 2 and all(first[e["path"]] == e["caption"] for e in shown)
+    assert entry["subsets"][1]["first_epoch_captions"][0]["caption"] == "dog"
