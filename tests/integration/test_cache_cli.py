@@ -147,3 +147,70 @@ def test_caching_killed_halfway_resumes_without_redoing_or_corrupt_files(tmp_pat
     assert len(entries) == 12 and not list(cache.rglob("*.tmp"))
     for entry in entries:
         assert read_entry(entry)["latents"].shape == (4, 8, 8)
+
+
+def _record_conditioning(monkeypatch):
+    from sdxl_lora.data import sources
+
+    seen = []
+    for cls in (sources.EncoderText, sources.CachedText):
+        def conditioning(self, batch, real=cls.conditioning):
+            context, pooled = real(self, batch)
+            seen.append((list(batch.captions), context.detach().float().clone(), pooled.detach().float().clone()))
+            return context, pooled
+        monkeypatch.setattr(cls, "conditioning", conditioning)
+    return seen
+
+
+def test_cached_text_encoder_outputs_train_like_the_live_encoders(tmp_path, tiny_model_dir, monkeypatch):
+    from conftest import train_keeping_result
+
+    images, toml = _dataset(tmp_path, sizes=[(64, 64)] * 4)
+    runs = {}
+    for name, extra in {"live": [], "memory": ["--cache_text_encoder_outputs"],
+                        "disk": ["--cache_text_encoder_outputs_to_disk", "--cache_latents_to_disk"]}.items():
+        seen = _record_conditioning(monkeypatch)
+        code, result = train_keeping_result(_argv(tiny_model_dir, toml, tmp_path / name, "--max_train_steps=1",
+                                                  "--network_train_unet_only", *extra))
+        assert code == 0 and len(seen) == 1
+        runs[name] = (*seen[0], result.losses[0])
+        monkeypatch.undo()
+    captions, context, pooled, loss = runs["live"]
+    for name in ("memory", "disk"):
+        assert runs[name][0] == captions
+        torch.testing.assert_close(runs[name][1], context, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(runs[name][2], pooled, rtol=1e-5, atol=1e-6)
+        assert runs[name][3] == pytest.approx(loss, rel=1e-5)
+    assert len(list((images / ".sdxl-lora-cache" / "text").rglob("*.safetensors"))) == 4
+
+
+def test_text_cache_with_caption_shuffling_trains_with_cached_variants(tmp_path, tiny_model_dir, monkeypatch):
+    from conftest import train_keeping_result
+
+    images = make_images(tmp_path / "img", [(64, 64)] * 3)
+    for i in range(3):
+        (images / f"img{i:02d}.txt").write_text(f"sks, photo {i}, red, round, shiny, toy", encoding="utf-8")
+    toml = write_toml(tmp_path / "ds.toml", (
+        f"[[datasets]]\nresolution = 64\nbatch_size = 1\n  [[datasets.subsets]]\n"
+        f"  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n  shuffle_caption = true\n"
+        "  keep_tokens = 1\n  caption_dropout_rate = 0.1\n  caption_tag_dropout_rate = 0.1\n"))
+    seen = _record_conditioning(monkeypatch)
+    code, _ = train_keeping_result(_argv(tiny_model_dir, toml, tmp_path / "out", "--max_train_steps=9",
+                                         "--network_train_unet_only", "--cache_text_encoder_outputs_to_disk"))
+    assert code == 0 and len(seen) == 9
+    entries = list((images / ".sdxl-lora-cache" / "text").rglob("*.safetensors"))
+    assert 3 < len(entries) <= 3 * 4  # up to 4 variants per image, each cached once
+    trained = {c for captions, _, _ in seen for c in captions}
+    assert len(trained) > 3 and all(c == "" or c.startswith("sks, ") for c in trained)
+
+
+def test_text_cache_refuses_token_warmup_and_trained_text_encoders(tmp_path, tiny_model_dir, capsys):
+    images = make_images(tmp_path / "img", [(64, 64)])
+    toml = write_toml(tmp_path / "ds.toml", (
+        f"[[datasets]]\nresolution = 64\n  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n"
+        "  caption_extension = '.txt'\n  token_warmup_step = 5\n"))
+    code = main(_argv(tiny_model_dir, toml, tmp_path / "out", "--cache_text_encoder_outputs"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--cache_text_encoder_outputs needs --network_train_unet_only" in err
+    assert "subsets[0].token_warmup_step" in err and "--cache_text_encoder_outputs" in err

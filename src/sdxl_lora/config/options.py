@@ -302,10 +302,12 @@ OPTIONS: tuple[Option, ...] = (
            help="cache latents in files under .sdxl-lora-cache in each image folder, read when needed "
                 "(implies --cache_latents); interrupted caching resumes where it stopped"),
     Option("vae_batch_size", CACHING, "int", 1, status=WORKS, help="batch size of latent caching"),
-    Option("cache_text_encoder_outputs", CACHING, "flag", False, roadmap=DATA,
-           help="encode every caption once (needs --network_train_unet_only)"),
-    Option("cache_text_encoder_outputs_to_disk", CACHING, "flag", False, roadmap=DATA,
-           help="cache text-encoder outputs in _te_outputs.npz files (implies the above)"),
+    Option("cache_text_encoder_outputs", CACHING, "flag", False, status=WORKS,
+           help="encode every processed caption once (needs --network_train_unet_only); with caption shuffling "
+                "or dropout, 4 variants per image are cached and each epoch uses one"),
+    Option("cache_text_encoder_outputs_to_disk", CACHING, "flag", False, status=WORKS,
+           help="cache text-encoder outputs in files under .sdxl-lora-cache in each image folder "
+                "(implies the above)"),
     Option("skip_cache_check", CACHING, "flag", False, status=WORKS,
            help="trust existing cache files without reading them (entries for changed images, captions or "
                 "models are still encoded)"),
