@@ -4,7 +4,8 @@ Reports images/s for: caching to memory; caching to disk (cold: every entry enco
 disk run that finds everything cached (entries read back and checked), and the same with --skip_cache_check
 (only existence). With the tiny VAE the figures measure the cache machinery (image decode, resize, batching,
 file writes and checks), not a real SDXL VAE, whose encode dominates on a GPU.
-Usage: python benchmarks/cache_throughput.py [--n 10000] [--size 128] [--vae_batch_size 8] [--dir DIR]
+Usage: python benchmarks/cache_throughput.py [--n 10000] [--size 128] [--vae_batch_size 8] [--threads N]
+       [--dir DIR]
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (the bucket)")
     parser.add_argument("--vae_batch_size", type=int, default=8)
     parser.add_argument("--dir", type=Path, default=None, help="where to write images and cache (default: tmp)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is fastest for the tiny VAE on a busy machine)")
     args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from sdxl_lora.data.cache_files import module_identity
     from sdxl_lora.data.latent_cache import LatentCacheSettings, LatentJob, LatentKey, build_latent_cache

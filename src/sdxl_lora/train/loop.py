@@ -203,7 +203,7 @@ def text_cache_for(cfg: RunConfig, models, dataset, accelerator):
     from sdxl_lora.data.cache_files import module_identity
     from sdxl_lora.data.sources import CachedText
     from sdxl_lora.data.text_cache import CAPTION_VARIANTS, TextCacheSettings, build_text_cache
-    from sdxl_lora.models.text import encode, num_chunks, tokenize
+    from sdxl_lora.models.text import encode, num_chunks
 
     if not cfg.data.cache_text_encoder_outputs:
         return None
@@ -230,12 +230,10 @@ def text_cache_for(cfg: RunConfig, models, dataset, accelerator):
 
 def text_source_for(cfg: RunConfig, te1, te2, device):
     """The live text encoders (prepared models, so that their LoRA trains through them)."""
-    from functools import partial
-
     from sdxl_lora.data.sources import EncoderText
     from sdxl_lora.models.text import encode
 
-    return EncoderText(partial(encode, te1, te2), device, trains=cfg.network.train_text_encoder)
+    return EncoderText(functools.partial(encode, te1, te2), device, trains=cfg.network.train_text_encoder)
 
 
 def size_conditioning(batch: Batch) -> torch.Tensor:
