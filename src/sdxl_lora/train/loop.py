@@ -39,7 +39,6 @@ class RunResult:
 def run(cfg: RunConfig) -> RunResult:
     """Train one LoRA as configured and write it; returns where it went and the per-step losses."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from sdxl_lora.data.dataset import build_train_dataset, collate_first
@@ -48,9 +47,6 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.network.lora import apply_lora
 
     session_id, started_at = random.randint(0, 2**32), time.time()
-    # A second run in the same process (tests, notebooks) may use another precision: forget the previous run's
-    # mixed-precision state; the distributed (process group) state is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
