@@ -67,17 +67,56 @@ def test_no_half_vae_keeps_vae_float32(base, monkeypatch):
     assert result.models.unet.dtype == torch.bfloat16
 
 
-def test_gradient_checkpointing_gives_the_same_training(base, monkeypatch):
+def test_gradient_checkpointing_gives_the_same_training_and_is_active(base, monkeypatch):
+    import torch.utils.checkpoint
+
     plain = _train([*base, "--max_train_steps=3"], monkeypatch)
+    calls = []
+    real_checkpoint = torch.utils.checkpoint.checkpoint
+
+    def counting(function, *args, **kwargs):
+        calls.append(function)
+        return real_checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)  # diffusers looks it up at each call
     checkpointed = _train([*base, "--max_train_steps=3", "--gradient_checkpointing"], monkeypatch)
     assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-4)
+    assert calls, "no U-Net block was checkpointed"
+    assert checkpointed.models.unet.is_gradient_checkpointing and not plain.models.unet.is_gradient_checkpointing
+    # Text encoders train here (no --network_train_unet_only), so they checkpoint too (transformers' flag).
+    assert checkpointed.models.text_encoder_1.is_gradient_checkpointing
+    assert checkpointed.models.text_encoder_2.is_gradient_checkpointing
 
 
-def test_gradient_accumulation_counts_optimizer_steps(base, monkeypatch, tmp_path):
-    result = _train([*base, "--max_train_steps=2", "--gradient_accumulation_steps=2",
-                     "--lr_scheduler=cosine", "--lr_warmup_steps=1", "--lr_scheduler=constant_with_warmup"],
-                    monkeypatch)
-    assert result.steps == 2 and len(result.losses) == 2
+def test_gradient_accumulation_steps_after_every_second_batch_and_at_epoch_end(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    """3 images at batch 1 = 3 batches per epoch; with accumulation 2 an epoch has ceil(3/2) = 2 optimizer steps:
+    after batch 2 and after batch 3 (the epoch's end). Without accumulation they would come after batches 1, 2.
+    The per-component learning rates given on the command line reach the optimizer."""
+    images = make_images(tmp_path / "img3", [(64, 64)] * 3)
+    toml = write_toml(tmp_path / "ds3.toml", (
+        f"[[datasets]]\nresolution = 64\nbatch_size = 1\n  [[datasets.subsets]]\n  image_dir = '{images}'\n"
+        "  caption_extension = '.txt'\n"))
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen = _record_unet_inputs(monkeypatch)
+    steps = []
+
+    def on_step(optimizer, args, kwargs):
+        steps.append((len(seen["sample"]), {g.get("name"): g["lr"] for g in optimizer.param_groups}))
+
+    handle = register_optimizer_step_pre_hook(on_step)
+    try:
+        result = _train([f"--pretrained_model_name_or_path={tiny_model_dir}", f"--dataset_config={toml}",
+                         f"--output_dir={tmp_path / 'out'}", "--output_name=p", "--network_module=networks.lora",
+                         "--network_dim=2", "--max_train_steps=2", "--gradient_accumulation_steps=2",
+                         "--learning_rate=1e-3", "--unet_lr=3e-4", "--text_encoder_lr", "1e-5", "2e-5", "--seed=0",
+                         "--max_data_loader_n_workers=0"], monkeypatch)
+    finally:
+        handle.remove()
+    lrs = {"unet": 3e-4, "te1": 1e-5, "te2": 2e-5}
+    assert steps == [(2, lrs), (3, lrs)]
+    assert (result.steps, result.epochs, len(result.losses)) == (2, 1, 2)
     with safe_open(tmp_path / "out" / "p.safetensors", "pt") as f:
         meta = f.metadata()
     assert meta["ss_gradient_accumulation_steps"] == "2" and meta["ss_steps"] == "2"
