@@ -100,13 +100,11 @@ def _convert(argv: list[str]) -> int:
     parser.add_argument("--dtype", choices=("float", "fp16", "bf16"), default=None,
                         help="tensor dtype of a written single file (default: as stored)")
     args = parser.parse_args(argv)
-    import torch
-
+    from sdxl_lora.common.dtypes import dtype_named
     from sdxl_lora.models.single_file import convert_to_diffusers, write_single_file
 
     if args.source.is_dir():
-        dtype = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-        print(f"wrote {write_single_file(args.source, args.target, dtype)}")
+        print(f"wrote {write_single_file(args.source, args.target, dtype_named(args.dtype))}")
     else:
         print(f"wrote {convert_to_diffusers(args.source, args.target)}")
     return 0

@@ -9,13 +9,12 @@ Configs come from the file when it records them, else from SDXL base's shipped c
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
+from sdxl_lora.common.files import atomic_folder
 from sdxl_lora.models import configs as cfgs
 from sdxl_lora.models.checkpoint_io import (
     Checkpoint,
@@ -199,13 +198,6 @@ def convert_to_diffusers(single_file: Path, out_dir: Path, config_dir: Path | No
     pipe = StableDiffusionXLPipeline(vae=parts["vae"], text_encoder=parts["te1"], text_encoder_2=parts["te2"],
                                      tokenizer=tok1, tokenizer_2=tok2, unet=parts["unet"], scheduler=scheduler,
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        if out.exists():
-            out.rmdir()
-        tmp.replace(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -7,13 +7,13 @@ tensor holding the module's true lora_alpha (float32, or save_dtype when given, 
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
+from sdxl_lora.common.files import atomic_path
 from sdxl_lora.network.keys import kohya_name, parse_kohya_name
 from sdxl_lora.network.lora import LoraHandles, lora_layers
 
@@ -119,13 +119,6 @@ def save_lora_file(
     if bad:
         raise TypeError(f"safetensors metadata values must be str; not so for {bad}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Named by hand rather than mkstemp, so that the file gets the usual (umask) permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

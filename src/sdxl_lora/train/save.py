@@ -5,12 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
+from sdxl_lora.common.dtypes import dtype_named
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.network import metadata as md
-
-SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def final_name(output_name: str | None, ext: str) -> str:
@@ -46,7 +43,7 @@ class RunSaver:
 
         out_dir = Path(self.cfg.save.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        state = kohya_state_dict(self.handles, save_dtype=SAVE_DTYPES[self.cfg.save.save_precision])
+        state = kohya_state_dict(self.handles, save_dtype=dtype_named(self.cfg.save.save_precision))
         meta = md.at_save(self.base_metadata, self.args, steps=steps, epoch=epoch, now=time.time())
         meta = md.with_sshs_hashes(state, meta)
         path = out_dir / file_name
