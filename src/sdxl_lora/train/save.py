@@ -1,4 +1,4 @@
-"""Writing LoRA files: names (spec 7.1), dtype, metadata (spec 4). Files appear atomically."""
+"""Writing LoRA files: names (spec 7.1), dtype, metadata (spec 4; none in .ckpt/.pt). Files appear atomically."""
 
 from __future__ import annotations
 
@@ -44,11 +44,11 @@ class RunSaver:
         out_dir = Path(self.cfg.save.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = kohya_state_dict(self.handles, save_dtype=dtype_named(self.cfg.save.save_precision))
-        meta = md.at_save(self.base_metadata, self.args, steps=steps, epoch=epoch, now=time.time())
-        meta = md.with_sshs_hashes(state, meta)
         path = out_dir / file_name
-        save_lora_file(path, state, meta)
-        return path
+        if path.suffix != ".safetensors":  # ckpt/pt: a pickled state dict, no metadata (spec 1.10, 4.4)
+            return save_lora_file(path, state)
+        meta = md.at_save(self.base_metadata, self.args, steps=steps, epoch=epoch, now=time.time())
+        return save_lora_file(path, state, md.with_sshs_hashes(state, meta))
 
 
 def _optimizer_name(optimizer) -> str:
