@@ -25,6 +25,7 @@ from sdxl_lora.models.checkpoint_io import (
 )
 from sdxl_lora.models.errors import ModelLoadError
 from sdxl_lora.models.folder import folder_configs, load_component
+from sdxl_lora.models.phases import loading
 from sdxl_lora.models.sgm_layout import (
     COMPONENTS,
     FILE_PREFIX,
@@ -106,8 +107,12 @@ def read_single_file(path: Path, *, dtypes: Mapping[str, torch.dtype | None] | N
         if absent := [c for c in components if not groups[c]]:
             raise ModelLoadError(f"{path}: has no {DESCRIPTION[absent[0]]}")
         configs = _configs(ckpt, groups, components, config_dir)
-        return {c: load_from_checkpoint(ckpt, layout_for(c, groups[c]), groups[c], FILE_PREFIX[c], configs[c],
-                                        dtypes.get(c), device) for c in components}
+        models = {}
+        for c in components:
+            with loading(c):
+                models[c] = load_from_checkpoint(ckpt, layout_for(c, groups[c]), groups[c], FILE_PREFIX[c],
+                                                 configs[c], dtypes.get(c), device)
+        return models
 
 
 def _configs(ckpt: Checkpoint, groups: dict[str, list[str]], components: tuple[str, ...],
