@@ -5,7 +5,8 @@ two datasets never share entries by accident; inside, `<kind>/<2 hex>/<64 hex>.s
 SHA-256 of everything that shapes the entry (file size and mtime, bucket, crop, flip, interpolation, the
 encoder's identity; or the exact caption), so a changed input simply gets a new entry, and 256 shard folders
 keep 100,000 images at about 400 files per folder. Entries are written to a temporary name and renamed into
-place, so an interrupted run leaves only whole entries (at most a stray `.tmp` file, overwritten on retry).
+place (common.files), so an interrupted run leaves only whole entries (a run killed while writing may leave a
+hidden `.tmp` file, which is never read).
 Old entries are never deleted: delete the `.sdxl-lora-cache` folders to reclaim their space.
 """
 
@@ -17,6 +18,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from sdxl_lora.common.files import atomic_path
 
 CACHE_DIR = ".sdxl-lora-cache"
 FORMAT = "sdxl-lora cache 1"
@@ -64,11 +67,9 @@ def write_entry(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
     """Write atomically: a temporary name beside the target, then rename over it."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": FORMAT, "key": key})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": FORMAT, "key": key})
 
 
 def read_entry(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
