@@ -70,6 +70,16 @@ def load_upright(path: str | Path) -> Image.Image:
     return image
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit grayscale scaled to 8 bits (PIL's own conversion clips every value above 255 to white);
+    other modes as they are."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        return Image.fromarray(np.clip(pixels / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return image
+
+
 def resize_filter(name: str | None, original: Size, resized: Size) -> Image.Resampling:
     """The named filter; by default area when shrinking both sides, lanczos otherwise."""
     if name is not None:
@@ -127,7 +137,7 @@ def prepare_image(path: str | Path, *, bucket: Size, resized: Size, interpolatio
     (PIL would premultiply an RGBA resize and darken transparent edges); images without alpha get ones.
     """
     file = load_upright(path)
-    rgb = file.convert("RGB")
+    rgb = to_8bit(file).convert("RGB")
     alpha = file.convert("RGBA").getchannel("A") if alpha_mask else None
     resample = resize_filter(interpolation, rgb.size, resized)
     offset = centre_offset(resized, bucket) if offset is None else offset
@@ -145,7 +155,7 @@ def prepare_mask(path: str | Path, *, original: Size, bucket: Size, resized: Siz
                  offset: tuple[int, int] | None = None, flip: bool = False) -> torch.Tensor:
     """A conditioning_data_dir mask (bh, bw) in [0, 1] from its red channel, resized and cropped exactly like
     its image of size `original` (sd-scripts stretches it straight to the bucket, [quirk] spec 2.9)."""
-    red = load_upright(path).convert("RGB").getchannel("R")
+    red = to_8bit(load_upright(path)).convert("RGB").getchannel("R")
     if red.size != original:
         raise ImageError(f"mask {path} is {red.size[0]}x{red.size[1]} but its image is "
                          f"{original[0]}x{original[1]}; masks must have their image's size")

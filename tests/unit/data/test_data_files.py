@@ -243,3 +243,11 @@ def test_scanning_decodes_no_image(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "load", no_decoding)
     (plan,) = build_plan((one_dataset(SubsetConfig(str(tmp_path), class_tokens="x")),)).datasets
     assert sorted(i.original_size for i in plan.images) == [(64, 48)] * 4
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    pixels = np.array([[0, 32896, 65535, 65535]], dtype=np.uint16)  # 32896 / 65535 * 255 = 128.0
+    Image.fromarray(pixels).save(tmp_path / "g.png")
+    image, _ = prepare_image(tmp_path / "g.png", bucket=(4, 1), resized=(4, 1))
+    # x / 255 * 2 - 1: 0 -> -1, 128 -> 0.00392, 255 -> 1 (PIL's own conversion would give 255 for all but 0).
+    assert image[0, 0].tolist() == pytest.approx([-1.0, 128 / 255 * 2 - 1, 1.0, 1.0], abs=1e-6)
