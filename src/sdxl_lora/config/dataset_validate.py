@@ -55,6 +55,10 @@ def _dataset_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
                         "not supported yet")
     if ds.enable_bucket:
         problems += _bucket_problems(ds, sdxl)
+    training = [s for s in ds.subsets if not s.is_reg]
+    if training and all(s.num_repeats < 1 for s in training):  # each is left out (warning): nothing would train
+        problems += [f"{s.where('num_repeats')}={s.num_repeats}: must be at least 1 for some training subset "
+                     f"of {ds.key_path or 'the dataset'}; with none left nothing would train" for s in training]
     return problems
 
 
