@@ -111,7 +111,7 @@ def _subset_problems(s: SubsetConfig, cache_latents: bool, masked_loss: bool) ->
         problems.append(f"{s.where('custom_attributes')}.diff_output_preservation: not supported yet")
     if s.metadata_file is None:
         problems += _image_dir_problems(s)
-    elif not Path(s.metadata_file).is_file():
+    elif not Path(s.metadata_file).is_file() and s.where("metadata_file") != "--in_json":  # paths.py: the flag
         problems.append(f"{s.where('metadata_file')}: file not found: {s.metadata_file}")
     elif s.image_dir and not Path(s.image_dir).is_dir():
         problems.append(f"{s.where('image_dir')}: folder not found: {s.image_dir}")
