@@ -367,8 +367,10 @@ def test_in_json_makes_one_fine_tuning_dataset(tmp_path, caplog):
     assert (subset.metadata_file, subset.image_dir, subset.num_repeats) == (str(meta), str(folder), 3)
     assert "--reg_data_dir is ignored with --in_json" in caplog.text
     assert validate_datasets((dataset,), cache_latents=False) == []
-    (tmp_path / "meta.json").unlink()
-    assert validate_datasets((dataset,), cache_latents=False) == [f"--in_json: file not found: {meta}"]
+    toml = write(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\n'
+                                      f'metadata_file = "{tmp_path / "gone.json"}"\n')
+    assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
+        f"{toml}: datasets[0].subsets[0].metadata_file: file not found: {tmp_path / 'gone.json'}"]
 
 
 def test_masks_need_masked_loss_and_face_crop_is_an_augmentation(tmp_path, caplog):
