@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.data.buckets import Size, centre_offset
 
 PIL_FILTERS = {
@@ -37,8 +38,14 @@ _EXIF_FORMATS = {"JPEG", "MPO"}
 without decoding (PIL reads a WebP's only by decoding it; photos with orientation tags are JPEGs)."""
 
 
-class ImageError(Exception):
-    """An image or mask file that cannot be used; the message names the file."""
+class ImageError(ConfigError):
+    """An image or mask file that cannot be used; the message names the file. The CLI prints it as one line,
+    also when a DataLoader worker raised it (the worker's traceback that PyTorch adds is dropped)."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:  # re-raised by torch.utils.data from a worker
+            message = message.rstrip().splitlines()[-1].split("ImageError: ", 1)[-1]
+        super().__init__(message)
 
 
 def orientation(image: Image.Image) -> int:

@@ -287,3 +287,20 @@ def test_cache_info_entries_without_a_stamp_are_rescanned(tmp_path):
         {str(tmp_path / "a.png"): {"caption": "stale", "resolution": [1, 1]}}), encoding="utf-8")
     (found,), _ = discover_subset(SubsetConfig(str(tmp_path), class_tokens="sks", cache_info=True))
     assert (found.caption, found.size) == ("sks", (64, 48))
+
+
+def test_an_image_corrupt_inside_stops_the_loader_with_one_line_naming_it(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from sdxl_lora.data.dataset import collate_first
+
+    path = noise(tmp_path / "bad.png", size=(64, 64))
+    data = bytearray(path.read_bytes())
+    data[200:260] = b"\0" * 60  # inside the image data: header and end marker intact, so the scan passes
+    path.write_bytes(bytes(data))
+    (plan,) = build_plan((one_dataset(SubsetConfig(str(tmp_path), class_tokens="x")),)).datasets
+    loader = DataLoader(TrainDataset(plan, seed=1), batch_size=1, collate_fn=collate_first, num_workers=1)
+    with pytest.raises(ImageError) as err:
+        next(iter(loader))
+    (problem,) = err.value.problems
+    assert problem.startswith(f"cannot read image {path}: ") and "\n" not in problem and "Traceback" not in problem
