@@ -55,6 +55,10 @@ def _dataset_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
                         "not supported yet")
     if ds.enable_bucket:
         problems += _bucket_problems(ds, sdxl)
+    training = [s for s in ds.subsets if not s.is_reg]
+    if training and all(s.num_repeats < 1 for s in training):  # each is left out (warning): nothing would train
+        problems += [f"{s.where('num_repeats')}={s.num_repeats}: must be at least 1 for some training subset "
+                     f"of {ds.key_path or 'the dataset'}; with none left nothing would train" for s in training]
     return problems
 
 
@@ -107,7 +111,7 @@ def _subset_problems(s: SubsetConfig, cache_latents: bool, masked_loss: bool) ->
         problems.append(f"{s.where('custom_attributes')}.diff_output_preservation: not supported yet")
     if s.metadata_file is None:
         problems += _image_dir_problems(s)
-    elif not Path(s.metadata_file).is_file():
+    elif not Path(s.metadata_file).is_file() and s.where("metadata_file") != "--in_json":  # paths.py: the flag
         problems.append(f"{s.where('metadata_file')}: file not found: {s.metadata_file}")
     elif s.image_dir and not Path(s.image_dir).is_dir():
         problems.append(f"{s.where('image_dir')}: folder not found: {s.image_dir}")

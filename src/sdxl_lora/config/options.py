@@ -106,8 +106,9 @@ OPTIONS: tuple[Option, ...] = (
            help="fine-tuning metadata JSON/JSONL; relative names are under --train_data_dir (ignored with "
                 "--dataset_config)"),
     Option("dataset_repeats", DATASET, "int", 1, status=WORKS, help="default num_repeats of each subset"),
-    Option("cache_info", DATASET, "flag", False, roadmap=DATA,
-           help="DreamBooth: cache captions and image sizes in metadata_cache.json per image folder"),
+    Option("cache_info", DATASET, "flag", False, roadmap=DATA, status=WORKS,
+           help="DreamBooth: cache captions and image sizes in metadata_cache.json per image folder (entries "
+                "are rescanned when the image or caption file changes; sd-scripts never rescans)"),
     Option("shuffle_caption", DATASET, "flag", False, roadmap=DATA,
            help="shuffle separator-delimited caption tags", status=WORKS),
     Option("caption_separator", DATASET, "str", ",", roadmap=DATA, help="caption tag separator", status=WORKS),

@@ -17,7 +17,9 @@ import imagesize
 from PIL import Image
 
 from sdxl_lora.config.dataset_toml import IMAGE_EXTENSIONS, SubsetConfig
+from sdxl_lora.data.buckets import Size
 from sdxl_lora.data.images import ImageError, load_upright, orientation, upright_size
+from sdxl_lora.data.info_cache import InfoCache
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +135,23 @@ def image_size(path: Path) -> tuple[int, int]:
     return upright_size(size, orient)
 
 
-def _caption_of(path: Path, subset: SubsetConfig, names: set[str]) -> str | None:
-    """The caption from the first candidate file among `names` (the folder's entries, listed once)."""
-    caption_file = next((c for c in caption_candidates(path, subset.caption_extension) if c.name in names), None)
-    if caption_file is not None:
-        return read_caption(caption_file, subset.enable_wildcard)
-    return None
+def _caption_file(path: Path, subset: SubsetConfig, names: set[str]) -> Path | None:
+    """The first caption candidate among `names` (the folder's entries, listed once)."""
+    return next((c for c in caption_candidates(path, subset.caption_extension) if c.name in names), None)
+
+
+def _scan(path: Path, subset: SubsetConfig, names: set[str], cache: InfoCache | None) -> tuple[str | None, Size]:
+    """(caption from its file or None, size) of one image, from the cache_info entry when it is current."""
+    caption_file = _caption_file(path, subset, names)
+    stamp = cache.stamp(path, caption_file) if cache is not None else None
+    known = cache.get(path, stamp) if cache is not None else None
+    if known is not None:
+        return (known[0] if caption_file else None), known[1]
+    caption = read_caption(caption_file, subset.enable_wildcard) if caption_file else None
+    size = image_size(path)
+    if cache is not None:
+        cache.put(path, stamp, caption or "", size)
+    return caption, size
 
 
 def _masks(subset: SubsetConfig) -> dict[str, Path]:
@@ -156,19 +169,22 @@ def discover_subset(subset: SubsetConfig) -> tuple[list[FoundImage], list[BadFil
     found, bad, uncaptioned = [], [], 0
     masks = _masks(subset) if subset.conditioning_data_dir else None
     names = set(os.listdir(subset.image_dir))
-    for path in list_images(Path(subset.image_dir)):
+    cache = InfoCache(subset) if subset.cache_info else None
+    images = list_images(Path(subset.image_dir))
+    for path in images:
         try:
-            caption = _caption_of(path, subset, names)
+            caption, size = _scan(path, subset, names, cache)
             if caption is None:
                 caption = subset.class_tokens or ""
                 uncaptioned += caption == ""
-            size = image_size(path)
             mask = _mask_for(path, size, masks, subset) if masks is not None else None
             found.append(FoundImage(path, caption, size, mask))
         except DiscoveryError as e:
             bad.append(BadFile(path, f"{subset.key_path}: {e}"))
+    if cache is not None:
+        cache.save([f.path for f in found])
     if masks is not None:
-        extra = sorted(set(masks) - {p.stem for p in list_images(Path(subset.image_dir))})
+        extra = sorted(set(masks) - {p.stem for p in images})
         if extra:
             logger.warning("%s: %d masks in %s have no image and are not used: %s", subset.key_path, len(extra),
                            subset.conditioning_data_dir, ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))

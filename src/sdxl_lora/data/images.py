@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.data.buckets import Size, centre_offset
 
 PIL_FILTERS = {
@@ -37,8 +38,14 @@ _EXIF_FORMATS = {"JPEG", "MPO"}
 without decoding (PIL reads a WebP's only by decoding it; photos with orientation tags are JPEGs)."""
 
 
-class ImageError(Exception):
-    """An image or mask file that cannot be used; the message names the file."""
+class ImageError(ConfigError):
+    """An image or mask file that cannot be used; the message names the file. The CLI prints it as one line,
+    also when a DataLoader worker raised it (the worker's traceback that PyTorch adds is dropped)."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:  # re-raised by torch.utils.data from a worker
+            message = message.rstrip().splitlines()[-1].split("ImageError: ", 1)[-1]
+        super().__init__(message)
 
 
 def orientation(image: Image.Image) -> int:
@@ -67,6 +74,16 @@ def load_upright(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {e}") from e
     for turn in turns:
         image = image.transpose(turn)
+    return image
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit grayscale scaled to 8 bits (PIL's own conversion clips every value above 255 to white);
+    other modes as they are."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        return Image.fromarray(np.clip(pixels / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     return image
 
 
@@ -127,7 +144,7 @@ def prepare_image(path: str | Path, *, bucket: Size, resized: Size, interpolatio
     (PIL would premultiply an RGBA resize and darken transparent edges); images without alpha get ones.
     """
     file = load_upright(path)
-    rgb = file.convert("RGB")
+    rgb = to_8bit(file).convert("RGB")
     alpha = file.convert("RGBA").getchannel("A") if alpha_mask else None
     resample = resize_filter(interpolation, rgb.size, resized)
     offset = centre_offset(resized, bucket) if offset is None else offset
@@ -145,7 +162,7 @@ def prepare_mask(path: str | Path, *, original: Size, bucket: Size, resized: Siz
                  offset: tuple[int, int] | None = None, flip: bool = False) -> torch.Tensor:
     """A conditioning_data_dir mask (bh, bw) in [0, 1] from its red channel, resized and cropped exactly like
     its image of size `original` (sd-scripts stretches it straight to the bucket, [quirk] spec 2.9)."""
-    red = load_upright(path).convert("RGB").getchannel("R")
+    red = to_8bit(load_upright(path)).convert("RGB").getchannel("R")
     if red.size != original:
         raise ImageError(f"mask {path} is {red.size[0]}x{red.size[1]} but its image is "
                          f"{original[0]}x{original[1]}; masks must have their image's size")

@@ -302,6 +302,8 @@ def test_subset_problems_name_where_the_value_was_set(tmp_path):
     toml, datasets = load(tmp_path, "resolution = 1000", "num_repeats = 0\nrandom_crop = true\ncolor_aug = true")
     assert validate_datasets(datasets, cache_latents=True) == [
         f"{toml}: datasets[0].resolution=1000,1000: without bucketing both sides must be multiples of 32 for SDXL",
+        f"{toml}: datasets[0].subsets[0].num_repeats=0: must be at least 1 for some training subset of datasets[0]; "
+        "with none left nothing would train",
         f"{toml}: datasets[0].subsets[0].color_aug=true: cannot be combined with --cache_latents (latents are "
         "encoded once, before any augmentation)",
         f"{toml}: datasets[0].subsets[0].random_crop=true: cannot be combined with --cache_latents (latents are "
@@ -365,8 +367,10 @@ def test_in_json_makes_one_fine_tuning_dataset(tmp_path, caplog):
     assert (subset.metadata_file, subset.image_dir, subset.num_repeats) == (str(meta), str(folder), 3)
     assert "--reg_data_dir is ignored with --in_json" in caplog.text
     assert validate_datasets((dataset,), cache_latents=False) == []
-    (tmp_path / "meta.json").unlink()
-    assert validate_datasets((dataset,), cache_latents=False) == [f"--in_json: file not found: {meta}"]
+    toml = write(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\n'
+                                      f'metadata_file = "{tmp_path / "gone.json"}"\n')
+    assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
+        f"{toml}: datasets[0].subsets[0].metadata_file: file not found: {tmp_path / 'gone.json'}"]
 
 
 def test_masks_need_masked_loss_and_face_crop_is_an_augmentation(tmp_path, caplog):
@@ -389,3 +393,15 @@ def test_masks_need_masked_loss_and_face_crop_is_an_augmentation(tmp_path, caplo
         load_datasets(plain, cli(conditioning_data_dir=str(masks)))
     assert "--masked_loss: no subset has conditioning_data_dir or alpha_mask" in caplog.text
     assert "--conditioning_data_dir is ignored" in caplog.text
+
+
+def test_num_repeats_below_one_is_an_error_only_when_no_training_subset_is_left(tmp_path):
+    a, b = image_folder(tmp_path / "a"), image_folder(tmp_path / "b")
+    toml = write(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
+                                      f'num_repeats = 0\n[[datasets.subsets]]\nimage_dir = "{b}"\n')
+    assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == []  # b still trains
+    toml = write(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\nnum_repeats = 0\n'
+                                      f'[[datasets.subsets]]\nimage_dir = "{a}"\n')
+    assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
+        f"{toml}: datasets[0].num_repeats=0: must be at least 1 for some training subset of datasets[0]; with none "
+        "left nothing would train"]

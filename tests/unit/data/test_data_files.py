@@ -243,3 +243,64 @@ def test_scanning_decodes_no_image(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "load", no_decoding)
     (plan,) = build_plan((one_dataset(SubsetConfig(str(tmp_path), class_tokens="x")),)).datasets
     assert sorted(i.original_size for i in plan.images) == [(64, 48)] * 4
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    pixels = np.array([[0, 32896, 65535, 65535]], dtype=np.uint16)  # 32896 / 65535 * 255 = 128.0
+    Image.fromarray(pixels).save(tmp_path / "g.png")
+    image, _ = prepare_image(tmp_path / "g.png", bucket=(4, 1), resized=(4, 1))
+    # x / 255 * 2 - 1: 0 -> -1, 128 -> 0.00392, 255 -> 1 (PIL's own conversion would give 255 for all but 0).
+    assert image[0, 0].tolist() == pytest.approx([-1.0, 128 / 255 * 2 - 1, 1.0, 1.0], abs=1e-6)
+
+
+def test_cache_info_is_written_reused_and_refreshed(tmp_path, monkeypatch):
+    import os
+
+    from sdxl_lora.data import discover
+
+    noise(tmp_path / "a.png", size=(64, 48))
+    noise(tmp_path / "b.png", size=(48, 64))
+    (tmp_path / "a.txt").write_text("first caption", encoding="utf-8")
+    subset = SubsetConfig(str(tmp_path), class_tokens="sks", caption_extension=".txt", cache_info=True)
+    found, _ = discover_subset(subset)
+    cache = json.loads((tmp_path / "metadata_cache.json").read_text(encoding="utf-8"))
+    assert {Path(k).name: (v["caption"], v["resolution"]) for k, v in cache.items()} == {
+        "a.png": ("first caption", [64, 48]), "b.png": ("", [48, 64])}
+    # Second scan: nothing is read from the images.
+    monkeypatch.setattr(discover, "image_size", lambda path: pytest.fail(f"{path} was read"))
+    assert [(f.caption, f.size) for f in discover_subset(subset)[0]] == [("first caption", (64, 48)),
+                                                                       ("sks", (48, 64))]
+    # An edited caption (newer mtime) is read again; a new image is scanned.
+    (tmp_path / "a.txt").write_text("second caption", encoding="utf-8")
+    stat = (tmp_path / "a.txt").stat()
+    os.utime(tmp_path / "a.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    monkeypatch.undo()
+    noise(tmp_path / "c.png", size=(32, 32))
+    assert [f.caption for f in discover_subset(subset)[0]] == ["second caption", "sks", "sks"]
+    cache = json.loads((tmp_path / "metadata_cache.json").read_text(encoding="utf-8"))
+    assert len(cache) == 3 and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_cache_info_entries_without_a_stamp_are_rescanned(tmp_path):
+    noise(tmp_path / "a.png", size=(64, 48))
+    (tmp_path / "metadata_cache.json").write_text(json.dumps(  # as sd-scripts writes it
+        {str(tmp_path / "a.png"): {"caption": "stale", "resolution": [1, 1]}}), encoding="utf-8")
+    (found,), _ = discover_subset(SubsetConfig(str(tmp_path), class_tokens="sks", cache_info=True))
+    assert (found.caption, found.size) == ("sks", (64, 48))
+
+
+def test_an_image_corrupt_inside_stops_the_loader_with_one_line_naming_it(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from sdxl_lora.data.dataset import collate_first
+
+    path = noise(tmp_path / "bad.png", size=(64, 64))
+    data = bytearray(path.read_bytes())
+    data[200:260] = b"\0" * 60  # inside the image data: header and end marker intact, so the scan passes
+    path.write_bytes(bytes(data))
+    (plan,) = build_plan((one_dataset(SubsetConfig(str(tmp_path), class_tokens="x")),)).datasets
+    loader = DataLoader(TrainDataset(plan, seed=1), batch_size=1, collate_fn=collate_first, num_workers=1)
+    with pytest.raises(ImageError) as err:
+        next(iter(loader))
+    (problem,) = err.value.problems
+    assert problem.startswith(f"cannot read image {path}: ") and "\n" not in problem and "Traceback" not in problem
