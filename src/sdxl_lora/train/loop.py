@@ -76,6 +76,7 @@ def run(cfg: RunConfig) -> RunResult:
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(models, cfg.network.train_text_encoder)
 
+    # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_first,
                                          num_workers=min(cfg.data.max_data_loader_n_workers, _cpus()),
                                          persistent_workers=cfg.data.persistent_data_loader_workers
