@@ -1,5 +1,5 @@
 """Helpers shared by the tests (import them with `from helpers import ...`; tests/ is on sys.path because the
-root conftest.py lives there). Not in conftest.py: several conftest.py files exist and `from helpers import`
+root conftest.py lives there). Not in conftest.py: several conftest.py files exist and `from conftest import`
 picks whichever was imported first."""
 
 from __future__ import annotations
