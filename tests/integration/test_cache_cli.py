@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import make_images, write_toml
+from helpers import make_images, write_toml
 from sdxl_lora.cli import main
 
 
@@ -67,7 +67,7 @@ def _record_latents(monkeypatch):
 
 
 def test_cached_and_uncached_runs_train_the_same_first_step(tmp_path, tiny_model_dir, monkeypatch):
-    from conftest import train_keeping_result
+    from helpers import train_keeping_result
 
     images = make_images(tmp_path / "img", [(64, 64), (64, 64), (64, 64), (64, 64)])
     toml = write_toml(tmp_path / "ds.toml", (
@@ -163,7 +163,7 @@ def _record_conditioning(monkeypatch):
 
 
 def test_cached_text_encoder_outputs_train_like_the_live_encoders(tmp_path, tiny_model_dir, monkeypatch):
-    from conftest import train_keeping_result
+    from helpers import train_keeping_result
 
     images, toml = _dataset(tmp_path, sizes=[(64, 64)] * 4)
     runs = {}
@@ -185,7 +185,7 @@ def test_cached_text_encoder_outputs_train_like_the_live_encoders(tmp_path, tiny
 
 
 def test_text_cache_with_caption_shuffling_trains_with_cached_variants(tmp_path, tiny_model_dir, monkeypatch):
-    from conftest import train_keeping_result
+    from helpers import train_keeping_result
 
     images = make_images(tmp_path / "img", [(64, 64)] * 3)
     for i in range(3):
