@@ -201,10 +201,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("network_dim", NETWORK, "int", None, status=WORKS, help="LoRA rank (4 when unset)"),
     Option("network_alpha", NETWORK, "float", 1, status=WORKS,
            help="LoRA alpha; scale = alpha / rank; 0 means alpha = rank"),
-    Option("network_dropout", NETWORK, "float", None, roadmap=LORA,
-           help="dropout on the LoRA down-projection output"),
-    Option("network_args", NETWORK, "str", None, nargs="*", roadmap=LORA,
-           help="key=value settings of the network module (conv_dim, block_dims, loraplus_lr_ratio, ...)"),
+    Option("network_dropout", NETWORK, "float", None, roadmap=LORA, status=WORKS,
+           help="dropout on the LoRA down-projection output (training only)"),
+    Option("network_args", NETWORK, "str", None, nargs="*", roadmap=LORA, status=WORKS,
+           help="key=value settings of networks.lora: conv_dim, conv_alpha, block_dims, block_alphas, "
+                "conv_block_dims, conv_block_alphas, down/mid/up_lr_weight, block_lr_zero_threshold, "
+                "rank_dropout, module_dropout, loraplus_lr_ratio, loraplus_unet_lr_ratio, "
+                "loraplus_text_encoder_lr_ratio; an unknown key is an error"),
     Option("network_weights", NETWORK, "str", None, roadmap=LORA, help="initial LoRA weights"),
     Option("dim_from_weights", NETWORK, "flag", False, roadmap=LORA,
            help="take modules, ranks and alphas from --network_weights"),

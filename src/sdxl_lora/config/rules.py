@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.network_args import parse_lora_args
 from sdxl_lora.config.sources import detect_source
 
 SUPPORTED_NETWORK_MODULES = ("networks.lora",)
@@ -173,13 +174,24 @@ def _resume(v: dict) -> list[str]:
     return []
 
 
+def _network(v: dict) -> list[str]:
+    """--network_args of networks.lora (every key checked, unknown keys named) and --network_dropout."""
+    out = []
+    if v.get("network_module") in SUPPORTED_NETWORK_MODULES:
+        out += parse_lora_args(v.get("network_args"))[1]
+    dropout = v.get("network_dropout")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        out.append(f"--network_dropout={dropout}: must be in [0, 1)")
+    return out
+
+
 def _loraplus_ratio(network_args) -> bool:
     return any(str(a).split("=", 1)[0].strip() in LORAPLUS_KEYS for a in (network_args or []))
 
 
 RULES: tuple[Callable[[dict], list[str]], ...] = (
     _required, _positive, _paths, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
-    _noise_and_loss, _optimizer, _scheduler, _logging, _resume,
+    _noise_and_loss, _optimizer, _scheduler, _logging, _resume, _network,
 )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdxl_lora.config.dataset_toml import DatasetConfig
+from sdxl_lora.config.network_args import LoraArgs
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class NetworkConfig:
     """Apply and train LoRA on the U-Net."""
     train_text_encoder: bool = True
     """Apply and train LoRA on both text encoders."""
+    network_dropout: float | None = None
+    """Neuron dropout on the LoRA down projection's output (training only)."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """The --network_args of networks.lora, parsed (conv, block ranks and LR weights, dropouts, LoRA+)."""
 
     @property
     def rank(self) -> int:

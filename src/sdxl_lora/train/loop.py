@@ -18,7 +18,7 @@ from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.noise import noisy_latents, sample_timesteps
-from sdxl_lora.train.optim import build_optimizer, build_scheduler, param_groups
+from sdxl_lora.train.optim import build_optimizer, build_scheduler
 from sdxl_lora.train.steps import plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.data.dataset import build_train_dataset, collate_first
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
+    from sdxl_lora.network.groups import param_groups
     from sdxl_lora.network.lora import apply_lora
 
     session_id, started_at = random.randint(0, 2**32), time.time()
@@ -70,9 +71,7 @@ def run(cfg: RunConfig) -> RunResult:
                                           clear_device_cache=not placement.highvram))
         models.vae.to("cpu")
 
-    handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, rank=cfg.network.rank,
-                         alpha=cfg.network.alpha, train_unet=cfg.network.train_unet,
-                         train_text_encoder=cfg.network.train_text_encoder)
+    handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
     for params in trainable.values():
         for p in params:
@@ -86,7 +85,7 @@ def run(cfg: RunConfig) -> RunResult:
                                          and cfg.data.max_data_loader_n_workers > 0)
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
-    optimizer = build_optimizer(cfg.optim, param_groups(cfg.optim, trainable))
+    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim))
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
                                 warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
     optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
@@ -108,6 +107,7 @@ def run(cfg: RunConfig) -> RunResult:
     for epoch in range(plan.num_epochs):
         dataset.set_epoch(epoch)
         unet.train()
+        handles.train()  # LoRA dropouts act in training mode, in the text encoders too
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
                 latents = batch_latents(batch, models.vae, accelerator.device, weight_dtype,
