@@ -55,3 +55,14 @@ def test_unknown_network_arg_stops_before_loading(tiny_model_dir, tmp_path, caps
     assert "--network_args conv_dims: unknown key for networks.lora (did you mean conv_dim?)" in err
     assert "--network_args block_dims=1,2: needs 23 comma-separated values" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_weight_file_options_are_checked_before_loading(tiny_model_dir, tmp_path, capsys):
+    missing = tmp_path / "nope.safetensors"
+    code = main(_args(tiny_model_dir, tmp_path, "--dim_from_weights", "--base_weights", str(missing),
+                      "--scale_weight_norms=-1"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--dim_from_weights needs --network_weights" in err
+    assert f"--base_weights {missing}: no such file or folder" in err
+    assert "--scale_weight_norms=-1.0: must be a finite number, not negative" in err

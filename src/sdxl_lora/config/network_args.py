@@ -195,3 +195,16 @@ def _check_ranges(values: dict) -> list[str]:
         if values.get(key) is not None and min(values[key]) < 0:
             out.append(f"--network_args {key}: ranks must be 0 or more")
     return out
+
+
+def network_warnings(values: dict) -> list[str]:
+    """Network options that sd-scripts accepts and partly ignores: we go on and say so."""
+    out = []
+    files, multipliers = values.get("base_weights") or [], values.get("base_weights_multiplier") or []
+    if len(multipliers) > len(files):
+        out.append(f"--base_weights_multiplier: {len(multipliers)} values for {len(files)} --base_weights files; "
+                   "the extra ones are ignored")
+    if values.get("dim_from_weights") and values.get("network_args"):
+        out.append("--dim_from_weights with --network_args: sd-scripts honours only the block LR weights here; "
+                   "this trainer applies dropouts and LoRA+ ratios too (ranks and alphas come from the file)")
+    return out

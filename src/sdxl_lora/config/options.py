@@ -208,19 +208,21 @@ OPTIONS: tuple[Option, ...] = (
                 "conv_block_dims, conv_block_alphas, down/mid/up_lr_weight, block_lr_zero_threshold, "
                 "rank_dropout, module_dropout, loraplus_lr_ratio, loraplus_unet_lr_ratio, "
                 "loraplus_text_encoder_lr_ratio; an unknown key is an error"),
-    Option("network_weights", NETWORK, "str", None, roadmap=LORA, help="initial LoRA weights"),
-    Option("dim_from_weights", NETWORK, "flag", False, roadmap=LORA,
+    Option("network_weights", NETWORK, "str", None, roadmap=LORA, status=WORKS,
+           help="initial LoRA weights: a kohya file (SGM or diffusers names) or a diffusers/peft file or folder; "
+                "modules take the file's alphas"),
+    Option("dim_from_weights", NETWORK, "flag", False, roadmap=LORA, status=WORKS,
            help="take modules, ranks and alphas from --network_weights"),
     Option("network_train_unet_only", NETWORK, "flag", False, status=WORKS,
            help="train only the U-Net LoRA (no text-encoder modules)"),
     Option("network_train_text_encoder_only", NETWORK, "flag", False, roadmap=LORA, status=WORKS,
            help="train only the text-encoder LoRA (no U-Net modules)"),
-    Option("base_weights", NETWORK, "str", None, nargs="*", roadmap=LORA,
+    Option("base_weights", NETWORK, "str", None, nargs="*", roadmap=LORA, status=WORKS,
            help="LoRA files merged into the base model before training"),
-    Option("base_weights_multiplier", NETWORK, "float", None, nargs="*", roadmap=LORA,
+    Option("base_weights_multiplier", NETWORK, "float", None, nargs="*", roadmap=LORA, status=WORKS,
            help="merge multiplier of each --base_weights file (default 1.0)"),
-    Option("scale_weight_norms", NETWORK, "float", None, roadmap=LORA,
-           help="max-norm regularisation of each LoRA delta"),
+    Option("scale_weight_norms", NETWORK, "float", None, roadmap=LORA, status=WORKS,
+           help="max-norm regularisation of each LoRA delta after every optimizer step"),
     # Training (spec 1.7, 1.8, 1.2)
     Option("learning_rate", TRAINING, "float", 2.0e-6, status=WORKS,
            help="base learning rate (default of the U-Net and text-encoder rates)"),

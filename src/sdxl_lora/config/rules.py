@@ -182,6 +182,15 @@ def _network(v: dict) -> list[str]:
     dropout = v.get("network_dropout")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         out.append(f"--network_dropout={dropout}: must be in [0, 1)")
+    if v.get("dim_from_weights") and not v.get("network_weights"):
+        out.append("--dim_from_weights needs --network_weights (the file to take modules, ranks and alphas from)")
+    for flag, paths in (("network_weights", [v.get("network_weights")]), ("base_weights", v.get("base_weights"))):
+        for path in paths or ():
+            if path and not Path(path).exists():
+                out.append(f"--{flag} {path}: no such file or folder")
+    norm = v.get("scale_weight_norms")
+    if norm is not None and not (norm >= 0 and math.isfinite(norm)):
+        out.append(f"--scale_weight_norms={norm}: must be a finite number, not negative")
     return out
 
 

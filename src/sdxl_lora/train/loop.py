@@ -45,8 +45,9 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.data.dataset import build_train_dataset, collate_first
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
+    from sdxl_lora.network.build import build_network, merge_base_weights
     from sdxl_lora.network.groups import param_groups
-    from sdxl_lora.network.lora import apply_lora
+    from sdxl_lora.network.weights import max_norm_regularize
 
     session_id, started_at = random.randint(0, 2**32), time.time()
     # A second run in the same process (tests, notebooks) may use another precision: forget the previous run's
@@ -60,6 +61,8 @@ def run(cfg: RunConfig) -> RunResult:
     dataset = build_train_dataset(cfg.data.datasets, seed=random.randint(0, 2**31),
                                   prior_loss_weight=cfg.data.prior_loss_weight)
     models = load_sdxl(cfg.model, accelerator.device)
+    # --base_weights change the frozen weights: merged before fp8/dtype placement and before LoRA exists.
+    merge_base_weights(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
@@ -71,7 +74,7 @@ def run(cfg: RunConfig) -> RunResult:
                                           clear_device_cache=not placement.highvram))
         models.vae.to("cpu")
 
-    handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
+    handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
     for params in trainable.values():
         for p in params:
@@ -131,6 +134,8 @@ def run(cfg: RunConfig) -> RunResult:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients and cfg.network.scale_weight_norms:
+                    max_norm_regularize(handles, cfg.network.scale_weight_norms)
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
