@@ -49,6 +49,8 @@ def _train_or_check(command: str, argv: list[str]) -> int:
         argv = [a for a in argv if a != "--json"]
     parsed = parse_command_line(argv)
     setup_logging(parsed.values, json_on_stdout=as_json)
+    for warning in parsed.warnings:
+        log.warning("%s", warning)
     if parsed.output_config_path is not None:
         write_output_config(parsed, parsed.output_config_path)
         print(f"wrote {parsed.output_config_path}")

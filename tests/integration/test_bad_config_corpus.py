@@ -124,11 +124,9 @@ class Case:
 
 
 def _dreambooth(r: Run, ok: bool = False, resolution: str | None = "64") -> list[str]:
-    """DreamBooth folders under --train_data_dir: '10_sks dog', and unless ok also 'sks_dog' (no repeats)."""
+    """A DreamBooth folder under --train_data_dir: '10_sks dog' if ok, else only 'sks_dog' (no repeats)."""
     root = r.tmp / "train"
-    make_images(root / "10_sks dog", [(64, 64)])
-    if not ok:
-        make_images(root / "sks_dog", [(64, 64)])
+    make_images(root / ("10_sks dog" if ok else "sks_dog"), [(64, 64)])
     drop = ("dataset_config",) if resolution else ("dataset_config", "resolution")
     return r.argv(drop=drop, train_data_dir=root, resolution=resolution)
 
@@ -271,24 +269,27 @@ CASES = (
          ("--dataset_config", "missing_dataset.toml")),
     Case("toml_not_supported_yet_key", lambda r: r.argv(dataset_config=r.toml(general={"shuffle_caption": "true"})),
          ("general.shuffle_caption", "not supported yet")),
-    Case("in_json_not_supported", lambda r: r.argv(drop=("dataset_config",), in_json=r.tmp / "meta.json"),
+    Case("in_json_not_supported",
+         lambda r: r.argv(drop=("dataset_config",), in_json=_write_bytes(r.tmp / "m.json", b"{}")),
          ("--in_json", "not supported yet")),
     # DreamBooth folders.
-    Case("dreambooth_folder_without_repeats", _dreambooth, ("--train_data_dir", "sks_dog", "10_")),
+    Case("dreambooth_no_image_left", _dreambooth, ("--train_data_dir", "no training images left", "sks_dog")),
     Case("dreambooth_without_resolution", lambda r: _dreambooth(r, ok=True, resolution=None),
          ("--resolution", "missing")),
     Case("dreambooth_root_missing", lambda r: r.argv("--resolution=64", drop=("dataset_config",),
                                                      train_data_dir=r.tmp / "no_train_root"),
          ("--train_data_dir", "no_train_root")),
     # --config_file and --output_config.
-    Case("config_file_unknown_key", lambda r: _config_file(r, "[training_arguments]\nlearnig_rate = 1e-4\n"),
-         ("run.toml", "training_arguments.learnig_rate", "did you mean learning_rate")),
+    Case("config_file_flag_as_string", lambda r: _config_file(r, "[training_arguments]\ncache_latents = 'yes'\n"),
+         ("run.toml", "training_arguments.cache_latents", "true or false")),
     Case("config_file_wrong_type", lambda r: _config_file(r, "[training_arguments]\nmax_train_steps = 'many'\n"),
          ("run.toml", "training_arguments.max_train_steps", "integer")),
     Case("config_file_bad_choice", lambda r: _config_file(r, "mixed_precision = 'fp32'\n"),
          ("run.toml", "mixed_precision", "fp32")),
     Case("config_file_missing", lambda r: r.argv(config_file=r.tmp / "no_such_config"),
          ("--config_file", "no_such_config.toml")),
+    Case("vae_missing", lambda r: r.argv(vae=r.tmp / "vaes" / "sdxl_vae.safetensors"),
+         ("--vae", "sdxl_vae.safetensors", "no such file")),
     Case("output_config_without_config_file", lambda r: r.argv("--output_config"),
          ("--output_config", "--config_file")),
     # Options that exist in sd-scripts but do not work here yet are refused, never ignored.
@@ -370,8 +371,8 @@ CASES_BY_ID = {case.id: case for case in CASES}
 
 
 @pytest.mark.parametrize("case_id", [
-    "max_train_steps_not_int", "unknown_flag_did_you_mean", "toml_bucket_steps_20", "config_file_unknown_key",
-    "dreambooth_folder_without_repeats",
+    "max_train_steps_not_int", "unknown_flag_did_you_mean", "toml_bucket_steps_20", "config_file_flag_as_string",
+    "dreambooth_no_image_left",
     "no_dataset", "in_json_not_supported",
     "toml_resolution_wrong_type",
 ])

@@ -62,3 +62,21 @@ def test_check_text_report(argv, capsys):
     assert "1024x704: 3" in out and "576x1024: 3" in out
     assert "steps: 16 (8 per epoch, 2 epochs)" in out
     assert "4 training images x 3 repeats" in out
+
+
+def test_check_lists_the_dreambooth_folders_it_skipped(tmp_path, tiny_model_dir, capsys):
+    root = tmp_path / "train"
+    make_images(root / "10_sks dog", [(64, 64)])
+    make_images(root / "sks_dog", [(64, 64), (64, 64)])
+    make_images(root / ".ipynb_checkpoints", [(64, 64)])
+    argv = [f"--pretrained_model_name_or_path={tiny_model_dir}", f"--train_data_dir={root}", "--resolution=64",
+            f"--output_dir={tmp_path / 'out'}", "--network_module=networks.lora", "--max_train_steps=2"]
+    line = "--train_data_dir: folder 'sks_dog' skipped: no '<repeats>_' prefix (e.g. '10_sks dog'); 2 images not used"
+    assert main(["check", *argv]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped: {line}" in captured.out.splitlines()
+    assert line in captured.err and ".ipynb_checkpoints" not in captured.err + captured.out
+    assert main(["check", "--json", *argv]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["skipped"] == [line]
+    assert doc["num_train_images"] == 10

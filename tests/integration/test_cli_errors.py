@@ -65,3 +65,30 @@ def test_shim_runs_as_script_without_traceback(tmp_path):
                            "--no_such_flag"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "--no_such_flag" in proc.stderr
+
+
+def test_missing_vae_is_reported_before_any_weight_is_read(tmp_path, capsys, tiny_model_dir, monkeypatch):
+    """Issue 7: a missing --vae used to surface only after the U-Net had loaded."""
+    import sdxl_lora.models.load as load
+
+    reads = []
+
+    def no_reading(*args, **kwargs):
+        reads.append(args)
+        raise AssertionError("a model weight was read")
+
+    monkeypatch.setattr(load, "load_component", no_reading)
+    monkeypatch.setattr(load, "read_single_file", no_reading)
+    monkeypatch.setattr(load, "read_vae_file", no_reading)
+    toml = _toml(tmp_path, make_images(tmp_path / "img", [(64, 64)]))
+    vae = tmp_path / "vaes" / "sdxl_vae.safetensors"
+    for command in ([], ["check"], ["check", "--json"]):
+        code = main([*command, f"--pretrained_model_name_or_path={tiny_model_dir}", f"--dataset_config={toml}",
+                     f"--output_dir={tmp_path / 'out'}", "--network_module=networks.lora", f"--vae={vae}",
+                     "--max_train_steps=1"])
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert code == 2 and lines == [f"sdxl-lora: error: --vae {vae}: no such file or folder, and not a hub id "
+                                       "(owner/name)"], captured.err
+        assert captured.out == ""
+    assert reads == []

@@ -60,6 +60,10 @@ def normalize(values: dict, given: frozenset[str]) -> tuple[dict, list[str]]:
     if v.get("caption_extention") and "caption_extension" not in given:
         v["caption_extension"] = v["caption_extention"]
         notes.append("--caption_extention (legacy spelling) copied to --caption_extension")
+    attention = [f"--{flag}" for flag in ("mem_eff_attn", "xformers", "sdpa") if v.get(flag)]
+    if attention:
+        notes.append(f"{' '.join(attention)}: attention runs through PyTorch scaled dot product attention "
+                     "(as always here)")
     if v.get("seed") is None:
         v["seed"] = random.randint(0, 2**32 - 1)
         notes.append(f"--seed not given: using {v['seed']}")

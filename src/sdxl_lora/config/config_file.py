@@ -1,20 +1,25 @@
 """--config_file and --output_config (spec 1.14): a flat TOML of option values, read and written.
 
 Reading keeps sd-scripts' semantics (".toml" appended when missing, every table flattened into one key space,
-later duplicates win) but, unlike sd-scripts, names unknown keys and converts each value to its option's type.
+later duplicates win, unknown keys ignored, but here with one warning each) and reads every value as sd-scripts
+can use it: a number written as a string is read like the same text on the command line, an empty value
+("", [], or false for an option that is unset by default) means unset, `dynamo_backend = "no"` means no
+compile backend. What sd-scripts would fail on is an error naming the file and key.
 """
 
 from __future__ import annotations
 
-import difflib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import tomli
 
-from sdxl_lora.config.errors import ConfigError, Problems
+from sdxl_lora.config.errors import ConfigError, Problems, did_you_mean
 from sdxl_lora.config.options import OPTIONS, OPTIONS_BY_NAME, Option
+
+logger = logging.getLogger(__name__)
 
 NOT_IN_FILE = ("config_file", "output_config")
 """Options that only make sense on the command line."""
@@ -30,17 +35,55 @@ def config_path(config_file: str | Path) -> Path:
 
 
 def load_config_file(config_file: str | Path) -> dict[str, object]:
-    """Option values of a --config_file, converted to their option's type; all bad keys reported at once."""
+    """Option values of a --config_file (see read_config_file); its warnings are logged here."""
+    values, warnings = read_config_file(config_file)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return values
+
+
+def read_config_file(config_file: str | Path) -> tuple[dict[str, object], list[str]]:
+    """Option values of a --config_file, converted to their option's type, and one warning per unknown key
+    (ignored, as sd-scripts does). Keys whose value means unset are left out. All bad keys are reported at once.
+    """
     path = config_path(config_file)
     problems = Problems()
     values: dict[str, object] = {}
+    warnings: list[str] = []
     for key_path, key, value in _flatten(_read_toml(path)):
+        option = OPTIONS_BY_NAME.get(key)
+        if option is None:
+            warnings.append(f"{path}: {key_path}: unknown option, ignored (as sd-scripts does)"
+                            f"{did_you_mean(key, OPTIONS_BY_NAME)}")
+            continue
+        if key in NOT_IN_FILE and value in ("", False):
+            continue  # written out empty by some tools: nothing asked for
+        if key in NOT_IN_FILE:
+            problems.add(f"{path}: {key_path}: --{key} is only allowed on the command line")
+            continue
+        values.pop(key, None)  # a later duplicate wins, also when it unsets the option
+        if means_unset(option, value):
+            continue
         try:
-            values[key] = _checked_entry(key, value)
+            values[key] = convert_toml_value(option, value)
         except ValueError as error:
             problems.add(f"{path}: {key_path}: {error}")
     problems.raise_if_any()
-    return values
+    return values, warnings
+
+
+def means_unset(option: Option, value: object) -> bool:
+    """A value that leaves the option unset, as in sd-scripts, which tests these values for truth: "" and [] for
+    any option taking a value, false for a string option unset by default (`resume = false`), and
+    dynamo_backend "no" (accelerate's name for no compile backend; kohya_ss GUI configs carry it). A number
+    option given false stays an error: sd-scripts would read it as 0 in some places and as set in others."""
+    if option.kind == "flag":
+        return False
+    if value == "" or value == []:
+        return True
+    if value is False and option.default is None and option.kind == "str":
+        return True
+    return option.name == "dynamo_backend" and isinstance(value, str) and value.lower() == "no"
 
 
 def _read_toml(path: Path) -> dict:
@@ -66,16 +109,6 @@ def _flatten(document: dict) -> list[tuple[str, str, object]]:
     return entries
 
 
-def _checked_entry(key: str, value: object) -> object:
-    option = OPTIONS_BY_NAME.get(key)
-    if option is None:
-        guess = difflib.get_close_matches(key, list(OPTIONS_BY_NAME), n=1)
-        raise ValueError("unknown option" + (f" (did you mean {guess[0]}?)" if guess else ""))
-    if key in NOT_IN_FILE:
-        raise ValueError(f"--{key} is only allowed on the command line")
-    return convert_toml_value(option, value)
-
-
 def convert_toml_value(option: Option, value: object) -> object:
     """A TOML value as the option's type. An option taking several values also accepts one bare value."""
     if option.nargs == "*":
@@ -86,6 +119,8 @@ def convert_toml_value(option: Option, value: object) -> object:
 
 def _convert_one(option: Option, value: object) -> object:
     kind = option.kind
+    if isinstance(value, str) and kind in ("int", "float", "int_or_float"):
+        return _convert_number_text(option, value)
     if kind == "flag" and isinstance(value, bool):
         return value
     if kind == "str" and isinstance(value, str):
@@ -94,13 +129,23 @@ def _convert_one(option: Option, value: object) -> object:
         return check_choice(option, value)
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if kind == "int_or_float" and isinstance(value, str):
-        return parse_int_or_float(value)
     if kind == "int_or_float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return _int_or_fraction(value)
     expected = {"flag": "true or false", "str": "a string", "int": "an integer", "float": "a number",
                 "int_or_float": "an integer, a fraction below 1 or 'N%'"}[kind]
     raise ValueError(f"expected {expected}, got {_describe(value)}")
+
+
+def _convert_number_text(option: Option, text: str) -> object:
+    """A number written as a string (`max_grad_norm = "1.0"`), read as the same text on the command line."""
+    if option.kind == "int_or_float":
+        return parse_int_or_float(text.strip())
+    try:
+        number = int(text) if option.kind == "int" else float(text)
+    except ValueError:
+        raise ValueError(f"expected {'an integer' if option.kind == 'int' else 'a number'}, "
+                         f"got {_describe(text)}") from None
+    return check_choice(option, number)
 
 
 def _describe(value: object) -> str:
@@ -120,7 +165,11 @@ def check_choice(option: Option, value: object) -> object:
 
 
 def parse_int_or_float(text: str) -> int | float:
-    """sd-scripts' warmup-style number: '10' -> 10 steps, '0.1' -> 0.1 (fraction), '5%' -> 0.05 (fraction)."""
+    """sd-scripts' warmup-style number (spec 1.7): an int is a step count, a float a fraction of the total.
+
+    '10' -> 10 steps; '0.1' -> 0.1; 'N%' -> N/100 whatever N is ('100%' -> 1.0, all steps; '150%' -> 1.5).
+    A float is always a fraction, so '100%' can never be mistaken for 1 step (see train.steps.warmup_steps).
+    """
     if text.endswith("%"):
         try:
             return float(text[:-1]) / 100
@@ -141,7 +190,15 @@ def _int_or_fraction(number: int | float) -> int | float:
     # sd-scripts rejects a non-integer value >= 1 (e.g. 1.5): it is neither a step count nor a fraction.
     if isinstance(number, int) or number < 1:
         return number
-    raise ValueError(f"invalid value {number!r}: a step count must be an integer; a fraction must be below 1")
+    raise ValueError(f"invalid value {number!r}: a step count must be an integer; a fraction must be below 1"
+                     " (write 'N%' for N/100 of all steps)")
+
+
+def int_or_float_text(value: int | float) -> int | float | str:
+    """How a warmup-style value is written back: a fraction of 1 or more as 'N%', so that it reads back."""
+    if isinstance(value, float) and value >= 1:
+        return f"{round(value * 100, 10)!r}%"
+    return value
 
 
 def write_config_file(values: Mapping[str, object], path: str | Path) -> Path:
@@ -166,6 +223,8 @@ def render_output_config(values: Mapping[str, object]) -> str:
     lines = []
     for option in OPTIONS:
         value = values.get(option.name, option.default)
+        if option.kind == "int_or_float" and value is not None:
+            value = int_or_float_text(value)
         if option.secret or option.name in NOT_IN_FILE or value == option.default:
             continue
         try:

@@ -7,7 +7,6 @@ the value was set (file and key path, folder, or flag).
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import tomli
 
-from sdxl_lora.config.errors import ConfigError, Problems
+from sdxl_lora.config.errors import ConfigError, Problems, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +90,8 @@ class DatasetConfig:
     validation_seed: int | None = None
     network_multiplier: float = 1.0
     resize_interpolation: str | None = None
+    skipped: tuple[str, ...] = ()
+    """What was left out of this dataset and why, one line each (shown by `sdxl-lora check`)."""
     key_path: str = ""
     """Where this dataset came from, e.g. 'datasets[0]'."""
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -276,8 +277,7 @@ def show_value(v: object) -> str:
 
 
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, list(_ALL_KEYS), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(key, _ALL_KEYS, repr)
 
 
 def _check_table(table: dict, allowed: dict, path: str, file: str, problems: Problems,
@@ -327,7 +327,7 @@ def _resolved(cls, layers: list[Layer], cli_layer: dict, default_origin: Callabl
     """Values and origins of every setting of `cls` (SubsetConfig or DatasetConfig)."""
     values, origins = {}, {}
     for f in fields(cls):
-        if f.name in ("subsets", "key_path", "origins"):
+        if f.name in ("subsets", "key_path", "origins", "skipped"):
             continue
         key = f.name
         found = [(table[key], template.replace("{key}", key)) for template, table in layers if key in table]
@@ -346,7 +346,7 @@ def _build_subset(layers: list[Layer], cli_layer: dict, key_path: str, default_o
 
 
 def _build_dataset(subsets: list[SubsetConfig], layers: list[Layer], cli_layer: dict, key_path: str,
-                   default_origin, problems: Problems) -> DatasetConfig | None:
+                   default_origin, problems: Problems, skipped: tuple[str, ...] = ()) -> DatasetConfig | None:
     values, origins = _resolved(DatasetConfig, layers, cli_layer, default_origin)
     if values["resolution"] is None:
         if any("resolution: expected" in p for p in problems.items):
@@ -354,7 +354,7 @@ def _build_dataset(subsets: list[SubsetConfig], layers: list[Layer], cli_layer: 
         problems.add(f"{origins['resolution']}: missing; set resolution in [[datasets]] or [general], or "
                      "pass --resolution" if key_path else "--resolution: missing; pass --resolution W,H or S")
         return None
-    return DatasetConfig(subsets=tuple(subsets), **values, key_path=key_path, origins=origins)
+    return DatasetConfig(subsets=tuple(subsets), **values, skipped=skipped, key_path=key_path, origins=origins)
 
 
 def _datasets_from_file(raw: dict, file: str, cli_layer: dict, problems: Problems) -> tuple:
@@ -392,7 +392,7 @@ def _dataset_from_table(table: object, path: str, general: dict, file: str, cli_
     if not isinstance(raw_subsets, list) or not raw_subsets:
         problems.add(f"{file}: {path}.subsets: expected one or more [[datasets.subsets]] tables")
         raw_subsets = []
-    subsets, seen = [], set()
+    subsets, seen, skipped = [], set(), []
     for j, raw in enumerate(raw_subsets):
         spath = f"{path}.subsets[{j}]"
         if not isinstance(raw, dict):
@@ -403,15 +403,16 @@ def _dataset_from_table(table: object, path: str, general: dict, file: str, cli_
             problems.add(f"{file}: {spath}.image_dir: missing; every subset needs the folder of its images")
         source = sub.get("metadata_file") or sub.get("image_dir")
         if source is not None and source in seen:
-            logger.warning("%s: %s: %s is already used by another subset of %s; subset ignored",
-                           file, spath, source, path)
+            skipped.append(f"{file}: {spath}: {source} is already used by another subset of {path}; subset ignored")
+            logger.warning("%s", skipped[-1])
             continue
         seen.add(source)
         subset_layers = [(f"{file}: {spath}.{{key}}", sub), *layers]
         subsets.append(_build_subset(subset_layers, cli_layer, spath, lambda k, p=spath: f"{file}: {p}.{k}"))
     if len({s.metadata_file is None for s in subsets}) > 1:
         problems.add(f"{file}: {path}: mixes fine-tuning subsets (metadata_file) with DreamBooth subsets")
-    return _build_dataset(subsets, layers, cli_layer, path, lambda k: f"{file}: {path}.{k}", problems)
+    return _build_dataset(subsets, layers, cli_layer, path, lambda k: f"{file}: {path}.{k}", problems,
+                          tuple(skipped))
 
 
 def _flag_origin(where: str) -> Callable[[str], str]:
@@ -425,13 +426,20 @@ def _flag_origin(where: str) -> Callable[[str], str]:
     return origin
 
 
+def count_images(folder: Path) -> int:
+    """Image files directly in `folder` (spec 2.4: not recursive; extensions in either case)."""
+    extensions = set(IMAGE_EXTENSIONS) | {e.upper() for e in IMAGE_EXTENSIONS}
+    return sum(1 for p in folder.iterdir() if p.suffix in extensions and p.is_file())
+
+
 def _datasets_from_folders(cli: dict, cli_layer: dict, problems: Problems) -> tuple[DatasetConfig, ...]:
     """One DreamBooth dataset from `<N>_<class tokens>` folders (spec 2.4).
 
-    Stricter than sd-scripts, which skips a folder without a numeric prefix with a warning: here that is an
-    error naming the folder, so that no image folder is silently left out of training.
+    As in sd-scripts, a folder without a repeat count of 1 or more, or without images, is skipped with a warning
+    naming it and its image count; hidden folders ('.ipynb_checkpoints') are skipped silently. It is an error
+    only when no training image is left.
     """
-    subsets = []
+    subsets, skipped = [], []
     for flag, is_reg in (("train_data_dir", False), ("reg_data_dir", True)):
         root = cli.get(flag)
         if not root:
@@ -440,11 +448,11 @@ def _datasets_from_folders(cli: dict, cli_layer: dict, problems: Problems) -> tu
         if not root.is_dir():
             problems.add(f"--{flag}: folder not found: {root}")
             continue
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             parsed = parse_dreambooth_folder(folder.name)
-            if parsed is None:
-                problems.add(f"--{flag}: folder {folder} has no '<repeats>_' prefix (e.g. '10_sks dog'); "
-                             "rename it or move it out")
+            reason = _skip_reason(folder, parsed)
+            if reason:
+                skipped.append(f"--{flag}: folder '{folder.name}' skipped: {reason}")
                 continue
             key_path = f"--{flag} folder '{folder.name}'"
             table = {"image_dir": str(folder), "num_repeats": parsed[0], "class_tokens": parsed[1],
@@ -453,8 +461,25 @@ def _datasets_from_folders(cli: dict, cli_layer: dict, problems: Problems) -> tu
             subsets.append(_build_subset(layers, cli_layer, key_path, _flag_origin(key_path)))
     if problems.items:
         return ()
-    if not subsets:
-        problems.add(f"--train_data_dir: no '<repeats>_<tokens>' folders in {cli.get('train_data_dir')}")
+    if not any(not s.is_reg for s in subsets):
+        left_out = f"; skipped: {'; '.join(skipped)}" if skipped else ""
+        problems.add(f"--train_data_dir: no training images left in {cli.get('train_data_dir')} (image folders "
+                     f"are named '<repeats>_<tokens>', e.g. '10_sks dog'){left_out}")
         return ()
-    dataset = _build_dataset(subsets, [], cli_layer, "", _flag_origin(""), problems)
+    for line in skipped:  # when no image is left, the error above says it instead
+        logger.warning("%s", line)
+    dataset = _build_dataset(subsets, [], cli_layer, "", _flag_origin(""), problems, tuple(skipped))
     return (dataset,) if dataset is not None else ()
+
+
+def _skip_reason(folder: Path, parsed: tuple[int, str] | None) -> str:
+    """Why sd-scripts leaves this DreamBooth folder out, with its image count; '' when it is used."""
+    images = count_images(folder)
+    count = f"{images} image{'' if images == 1 else 's'}"
+    if parsed is None:
+        return f"no '<repeats>_' prefix (e.g. '10_sks dog'); {count} not used"
+    if parsed[0] < 1:
+        return f"repeat count {parsed[0]} is below 1; {count} not used"
+    if images == 0:
+        return f"no images ({' '.join(IMAGE_EXTENSIONS)}) directly in it"
+    return ""

@@ -6,20 +6,17 @@ Run during validation, before any model is loaded; looks at the file system but 
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from pathlib import Path
 
-from sdxl_lora.config.dataset_toml import IMAGE_EXTENSIONS, DatasetConfig, SubsetConfig, show_value
+from sdxl_lora.config.dataset_toml import IMAGE_EXTENSIONS, DatasetConfig, SubsetConfig, count_images, show_value
+from sdxl_lora.config.options import OPTIONS_BY_NAME, WORKS
 
 logger = logging.getLogger(__name__)
 
-_NOT_YET = {
-    "shuffle_caption": False, "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0,
-    "caption_tag_dropout_rate": 0.0, "token_warmup_step": 0, "keep_tokens_separator": "",
-    "secondary_separator": None, "color_aug": False, "face_crop_aug_range": None, "metadata_file": None,
-    "conditioning_data_dir": None, "keep_tokens": 0, "caption_separator": ",", "token_warmup_min": 1,
-    "cache_info": False,
-}
-"""Subset settings whose non-default values the data pipeline does not implement yet."""
+_STATUS_OPTION = {"metadata_file": "in_json"}
+"""Subset key -> option whose status decides whether a non-default value works, where the names differ; every
+other subset key that is also an option follows the option of the same name (config.options: one source)."""
 
 
 def validate_datasets(datasets: tuple[DatasetConfig, ...], *, sdxl: bool = True,
@@ -96,9 +93,7 @@ def _subset_problems(s: SubsetConfig, cache_latents: bool) -> list[str]:
         if cache_latents and getattr(s, key):
             problems.append(f"{s.where(key)}=true: cannot be combined with --cache_latents "
                             "(latents are encoded once, before any augmentation)")
-    for key, default in _NOT_YET.items():
-        if getattr(s, key) != default:
-            problems.append(f"{s.where(key)}={show_value(getattr(s, key))}: not supported yet")
+    problems += _not_yet_settings(s)
     if s.custom_attributes.get("diff_output_preservation"):
         problems.append(f"{s.where('custom_attributes')}.diff_output_preservation: not supported yet")
     if s.metadata_file is None:
@@ -106,11 +101,22 @@ def _subset_problems(s: SubsetConfig, cache_latents: bool) -> list[str]:
     return problems
 
 
+def _not_yet_settings(s: SubsetConfig) -> list[str]:
+    """A non-default subset setting whose option does not work yet (e.g. shuffle_caption)."""
+    problems = []
+    for f in fields(SubsetConfig):
+        option = OPTIONS_BY_NAME.get(_STATUS_OPTION.get(f.name, f.name))
+        if option is None or option.status == WORKS or getattr(s, f.name) == f.default:
+            continue
+        where = f" (roadmap: {option.roadmap})" if option.roadmap else ""
+        problems.append(f"{s.where(f.name)}={show_value(getattr(s, f.name))}: not supported yet{where}")
+    return problems
+
+
 def _image_dir_problems(s: SubsetConfig) -> list[str]:
     folder = Path(s.image_dir)
     if not folder.is_dir():
         return [f"{s.where('image_dir')}: folder not found: {folder}"]
-    extensions = set(IMAGE_EXTENSIONS) | {e.upper() for e in IMAGE_EXTENSIONS}
-    if not any(p.suffix in extensions and p.is_file() for p in folder.iterdir()):
+    if not count_images(folder):
         return [f"{s.where('image_dir')}: no images ({' '.join(IMAGE_EXTENSIONS)}) directly in {folder}"]
     return []

@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 
 from sdxl_lora.config.config_file import toml_value
-from sdxl_lora.config.options import GROUPS, NOT_YET, OPTIONS, WORKS, Option
+from sdxl_lora.config.options import (
+    GROUPS,
+    NOT_YET,
+    OPTIMIZERS,
+    OPTIMIZERS_ROADMAP,
+    OPTIONS,
+    SCHEDULERS,
+    WORKS,
+    Option,
+)
 from sdxl_lora.config.parser import status_text
 
 TABLE_HEAD = ("| option | type | default | status | help |", "|---|---|---|---|---|")
@@ -18,7 +27,10 @@ do not edit by hand.
 sdxl-lora accepts every option of kohya-ss sd-scripts' `sdxl_train_network.py`, with the same names, types and
 defaults, plus `--text_encoder_lr1` and `--text_encoder_lr2` from its user guide. Unique prefixes work
 (`--output_n` = `--output_name`). Options can also come from `--config_file` (a TOML file; its tables are
-flattened, the command line wins); unlike sd-scripts, unknown keys and wrongly typed values there are errors.
+flattened, the command line wins). There, as in sd-scripts, unknown keys are ignored (here with a warning and a
+"did you mean"), an empty value (`""`, `[]`, or `false` for a string option unset by default) means unset, and
+`dynamo_backend = "no"` means no compile backend; a number written as a string (`max_grad_norm = "1.0"`) is
+read like the same text on the command line; a value of a type sd-scripts cannot use is an error naming the key.
 
 Status: **works**; **not yet (capability)**: parsed, but an error when set, until that roadmap capability is
 built; **refused**: never supported. Defaults are written as in a TOML config file; "unset" is sd-scripts'
@@ -32,6 +44,11 @@ def render_options_md() -> str:
     for group in GROUPS:
         lines += ["", f"## {group}", "", *TABLE_HEAD]
         lines += [_row(option) for option in OPTIONS if option.group == group]
+    lines += ["", "## Optimizer and scheduler names", ""]
+    for flag, table in (("--optimizer_type", OPTIMIZERS), ("--lr_scheduler", SCHEDULERS)):
+        works = ", ".join(f"`{name}`" for name, status in table.items() if status == WORKS)
+        not_yet = ", ".join(f"`{name}`" for name, status in table.items() if status != WORKS)
+        lines.append(f"- `{flag}` works: {works}; not yet ({OPTIMIZERS_ROADMAP}): {not_yet}, and any other name.")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable, Iterable
+
 
 class UserInputError(Exception):
     """Base of every error caused by what the user gave us (not a bug): the CLI prints it and exits 2."""
@@ -32,3 +35,9 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise ConfigError(self.items)
+
+
+def did_you_mean(word: str, known: Iterable[str], show: Callable[[str], str] = str) -> str:
+    """' (did you mean <closest known name>?)', or '' when nothing is close; `show` formats the name."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean {show(close[0])}?)" if close else ""

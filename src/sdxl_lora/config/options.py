@@ -6,6 +6,7 @@ from it, and `config.build` rejects a non-default value of any option whose stat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -68,6 +69,7 @@ MULTI = "multi-process"
 SPEED = "benchmarks"
 
 SDXL_ONLY = "refused: SD2 flag; this trainer is SDXL only"
+SDPA_ALWAYS = "accepted: attention always runs through PyTorch scaled dot product attention"
 TE_NAMES = "encoder 1 = CLIP ViT-L/14, encoder 2 = OpenCLIP ViT-bigG/14; the guide swaps them"
 SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
             "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
@@ -281,12 +283,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("initial_step", TRAINING, "int", None, roadmap=LOOP, help="step to start counting from"),
     Option("skip_until_initial_step", TRAINING, "flag", False, roadmap=LOOP,
            help="skip the batches before the initial step"),
-    Option("mem_eff_attn", TRAINING, "flag", False, roadmap=SPEED,
-           help="memory-efficient attention in the U-Net"),
-    Option("xformers", TRAINING, "flag", False, roadmap=SPEED,
-           help="xformers attention in the U-Net and VAE"),
-    Option("sdpa", TRAINING, "flag", False, roadmap=SPEED,
-           help="PyTorch scaled-dot-product attention in the U-Net"),
+    Option("mem_eff_attn", TRAINING, "flag", False, status=WORKS,
+           help=f"memory-efficient attention; {SDPA_ALWAYS}"),
+    Option("xformers", TRAINING, "flag", False, status=WORKS,
+           help=f"xformers attention; {SDPA_ALWAYS} (xformers is not needed)"),
+    Option("sdpa", TRAINING, "flag", False, status=WORKS,
+           help=f"PyTorch scaled-dot-product attention; {SDPA_ALWAYS}"),
     Option("torch_compile", TRAINING, "flag", False, roadmap=SPEED,
            help="compile the models with torch.compile"),
     Option("dynamo_backend", TRAINING, "str", "inductor", DYNAMO_BACKENDS, roadmap=SPEED,
@@ -407,7 +409,7 @@ OPTIONS: tuple[Option, ...] = (
     # Config file (spec 1.14)
     Option("config_file", CONFIG, "str", None, status=WORKS,
            help="TOML of option values ('.toml' appended if missing); tables flattened; command line wins;"
-                " unknown keys and wrong types are errors (sd-scripts ignores them)"),
+                " unknown keys warn; \"\", [] and false mean unset; numbers may be strings"),
     Option("output_config", CONFIG, "flag", False, status=WORKS,
            help="write the non-default options to the --config_file path (must not exist) and exit;"
                 " an error without --config_file (sd-scripts ignores it)"),
@@ -437,3 +439,36 @@ OPTIONS: tuple[Option, ...] = (
 
 OPTIONS_BY_NAME = MappingProxyType({option.name: option for option in OPTIONS})
 """Option by name (read-only)."""
+
+
+def _statuses(working: tuple[str, ...], not_yet: tuple[str, ...]) -> Mapping[str, str]:
+    return MappingProxyType({**dict.fromkeys(not_yet, NOT_YET), **dict.fromkeys(working, WORKS)})
+
+
+OPTIMIZERS = _statuses(
+    ("AdamW",),
+    ("AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
+     "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam",
+     "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor", "RAdamScheduleFree",
+     "AdamWScheduleFree", "SGDScheduleFree"),
+)
+"""--optimizer_type names of sd-scripts (spec 9.1; matched case-insensitively) -> WORKS or NOT_YET. Any other
+name (a 'module.Class' path) is not supported yet either. train.optim builds exactly the working ones."""
+
+SCHEDULERS = _statuses(
+    ("constant", "constant_with_warmup", "cosine", "linear"),
+    ("cosine_with_restarts", "polynomial", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
+     "piecewise_constant", "adafactor"),
+)
+"""--lr_scheduler names of sd-scripts (spec 9.2) -> WORKS or NOT_YET; any other name is not supported yet."""
+
+OPTIMIZERS_ROADMAP = LOOP
+"""Roadmap capability that will bring the optimizers and schedulers marked NOT_YET."""
+
+
+def choice_status(table: Mapping[str, str], name: str, *, ignore_case: bool = False) -> str:
+    """Status of an --optimizer_type / --lr_scheduler name in its table; NOT_YET for a name not listed."""
+    if ignore_case:
+        table = {key.lower(): status for key, status in table.items()}
+        name = name.lower()
+    return table.get(name, NOT_YET)

@@ -7,7 +7,6 @@ error becomes a one-line ConfigError naming the flag; only --help exits.
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,13 @@ from pathlib import Path
 from sdxl_lora.config.config_file import (
     check_choice,
     config_path,
-    load_config_file,
+    means_unset,
     parse_int_or_float,
+    read_config_file,
     write_config_file,
 )
-from sdxl_lora.config.errors import ConfigError
-from sdxl_lora.config.options import GROUPS, OPTIONS, WORKS, Option
+from sdxl_lora.config.errors import ConfigError, did_you_mean
+from sdxl_lora.config.options import GROUPS, OPTIONS, OPTIONS_BY_NAME, WORKS, Option
 
 PROG = "sdxl_train_network.py"
 DESCRIPTION = ("Train an SDXL LoRA with kohya-ss sd-scripts' command line. Options marked [not yet ...] are "
@@ -38,6 +38,8 @@ class ParsedArgs:
     """Names set explicitly on the command line or in the config file."""
     output_config_path: Path | None = None
     """Where --output_config must write the values (the caller writes it and exits); None without the flag."""
+    warnings: tuple[str, ...] = ()
+    """One line per --config_file key that was ignored (unknown option), for the caller to log."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,24 +133,22 @@ def _unrecognized(extras: list[str]) -> list[str]:
     flags = [extra.split("=", 1)[0] for extra in extras if extra.startswith("-") and not _NUMBER.match(extra)]
     if not flags:
         return [f"unexpected argument {extras[0]!r} (each option takes one value; quote values with spaces)"]
-    return [f"unknown option {flag}{_did_you_mean(flag)}" for flag in flags]
-
-
-def _did_you_mean(flag: str) -> str:
-    guess = difflib.get_close_matches(flag.lstrip("-"), [option.name for option in OPTIONS], n=1)
-    return f" (did you mean --{guess[0]}?)" if guess else ""
+    names = [option.name for option in OPTIONS]
+    return [f"unknown option {flag}{did_you_mean(flag.lstrip('-'), names, '--{}'.format)}" for flag in flags]
 
 
 def parse_command_line(argv: list[str]) -> ParsedArgs:
     """sd-scripts flags -> effective values. --output_config only records where to write (see ParsedArgs)."""
     explicit = vars(build_parser(defaults=False).parse_args(argv))
+    # An empty value ('--resume ""', '--network_args' with no value) leaves the option unset, as in sd-scripts.
+    explicit = {name: value for name, value in explicit.items() if not means_unset(OPTIONS_BY_NAME[name], value)}
     output_path = _output_config_path(explicit)
     # sd-scripts writes the command line alone with --output_config; the file named there must not exist yet.
-    from_file = {}
+    from_file, warnings = {}, []
     if "config_file" in explicit and output_path is None:
-        from_file = load_config_file(explicit["config_file"])
+        from_file, warnings = read_config_file(explicit["config_file"])
     values = {option.name: option.default for option in OPTIONS} | from_file | explicit
-    return ParsedArgs(values, frozenset(from_file) | frozenset(explicit), output_path)
+    return ParsedArgs(values, frozenset(from_file) | frozenset(explicit), output_path, tuple(warnings))
 
 
 def _output_config_path(explicit: dict[str, object]) -> Path | None:

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.network_args import parse_lora_args
+from sdxl_lora.config.options import OPTIMIZERS, OPTIMIZERS_ROADMAP, SCHEDULERS, WORKS, choice_status
+from sdxl_lora.config.paths import path_problems
 from sdxl_lora.config.sources import detect_source
 
 SUPPORTED_NETWORK_MODULES = ("networks.lora",)
-OPTIMIZERS_WORKING = ("adamw",)
-SCHEDULERS_WORKING = ("constant", "constant_with_warmup", "cosine", "linear")
 ADAPTIVE_LR_OPTIMIZERS = ("dadaptation", "dadaptadampreprint", "dadaptadagrad", "dadaptadam", "dadaptadan",
                           "dadaptanip", "dadaptlion", "dadaptsgd", "dadaptadanip", "prodigy")
 LORAPLUS_KEYS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
@@ -63,27 +62,16 @@ def _positive(v: dict) -> list[str]:
     return out
 
 
-def _paths(v: dict) -> list[str]:
-    out = []
-    if v.get("output_dir") and Path(v["output_dir"]).exists() and not Path(v["output_dir"]).is_dir():
-        out.append(f"--output_dir {v['output_dir']}: exists and is not a folder")
-    log_file = v.get("console_log_file")
-    if log_file and not Path(log_file).resolve().parent.is_dir():
-        out.append(f"--console_log_file {log_file}: its folder does not exist")
-    return out
-
-
 def _implemented_choices(v: dict) -> list[str]:
     """Names accepted by the parser (sd-scripts does not restrict them) but not implemented yet."""
     out = []
-    opt = v.get("optimizer_type") or "AdamW"
-    if opt.lower() not in OPTIMIZERS_WORKING:
-        out.append(f"--optimizer_type {opt}: not supported yet (roadmap: training loop); "
-                   f"available: {', '.join(OPTIMIZERS_WORKING)}")
-    sched = v.get("lr_scheduler") or "constant"
-    if sched not in SCHEDULERS_WORKING:
-        out.append(f"--lr_scheduler {sched}: not supported yet (roadmap: training loop); "
-                   f"available: {', '.join(SCHEDULERS_WORKING)}")
+    for flag, name, table, ignore_case in (
+            ("optimizer_type", v.get("optimizer_type") or "AdamW", OPTIMIZERS, True),
+            ("lr_scheduler", v.get("lr_scheduler") or "constant", SCHEDULERS, False)):
+        if choice_status(table, name, ignore_case=ignore_case) != WORKS:
+            available = ", ".join(key for key, status in table.items() if status == WORKS)
+            out.append(f"--{flag} {name}: not supported yet (roadmap: {OPTIMIZERS_ROADMAP}); "
+                       f"available: {available}")
     return out
 
 
@@ -184,10 +172,6 @@ def _network(v: dict) -> list[str]:
         out.append(f"--network_dropout={dropout}: must be in [0, 1)")
     if v.get("dim_from_weights") and not v.get("network_weights"):
         out.append("--dim_from_weights needs --network_weights (the file to take modules, ranks and alphas from)")
-    for flag, paths in (("network_weights", [v.get("network_weights")]), ("base_weights", v.get("base_weights"))):
-        for path in paths or ():
-            if path and not Path(path).exists():
-                out.append(f"--{flag} {path}: no such file or folder")
     norm = v.get("scale_weight_norms")
     if norm is not None and not (norm >= 0 and math.isfinite(norm)):
         out.append(f"--scale_weight_norms={norm}: must be a finite number, not negative")
@@ -199,7 +183,7 @@ def _loraplus_ratio(network_args) -> bool:
 
 
 RULES: tuple[Callable[[dict], list[str]], ...] = (
-    _required, _positive, _paths, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
+    _required, _positive, path_problems, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
     _noise_and_loss, _optimizer, _scheduler, _logging, _resume, _network,
 )
 

@@ -119,7 +119,7 @@ class OptimConfig:
     lr_scheduler: str = "constant"
     """Scheduler name."""
     lr_warmup_steps: int | float = 0
-    """Warmup: integer steps, or a fraction (< 1) of the total steps."""
+    """Warmup: an int is a step count, a float a fraction of the total steps (from 'N%' it may be 1 or more)."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,14 @@ def detect_source(path_or_id: str) -> SourceKind:
         if not (path / "model_index.json").is_file():
             raise ConfigError(f"{FLAG} {path_or_id}: folder has no model_index.json (not diffusers)")
         return "diffusers_dir"
-    if _HUB_ID.match(str(path_or_id)) and ".." not in str(path_or_id) and "--" not in str(path_or_id):
+    if looks_like_hub_id(path_or_id):
         return "hub_id"
     raise ConfigError(f"{FLAG} {path_or_id}: no such file or folder, and not a hub id (owner/name)")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """'owner/name' as the Hugging Face Hub spells repo ids; a name ending in a checkpoint suffix
+    ('models/sdxl.safetensors') is a missing file, not a repo."""
+    if Path(text).suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return False
+    return bool(_HUB_ID.match(text)) and ".." not in text and "--" not in text

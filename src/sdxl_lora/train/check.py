@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 from sdxl_lora.config.schema import RunConfig
-from sdxl_lora.train.steps import plan_steps
+from sdxl_lora.train.steps import plan_steps, warmup_steps
 
 
 def build_check(cfg: RunConfig) -> dict:
-    """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning), steps,
-    epochs, what trains and what is saved when."""
+    """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning), what
+    was skipped (folders without a repeat count, duplicate subsets), steps, epochs, what trains and what is
+    saved when."""
     from sdxl_lora.data.plan import build_plan
 
     plan = build_plan(cfg.data.datasets)
@@ -19,12 +20,15 @@ def build_check(cfg: RunConfig) -> dict:
     name = cfg.save.output_name or "last"
     return {
         "datasets": [d.to_dict() for d in plan.datasets],
+        "skipped": [line for dataset in cfg.data.datasets for line in dataset.skipped],
         "num_train_images": sum(d.num_train_images for d in plan.datasets),
         "num_reg_images": sum(d.num_reg_images for d in plan.datasets),
         "batches_per_epoch": steps.batches_per_epoch,
         "steps_per_epoch": steps.steps_per_epoch,
         "max_train_steps": steps.max_train_steps,
         "num_epochs": steps.num_epochs,
+        "lr_scheduler": cfg.optim.lr_scheduler,
+        "lr_warmup_steps": warmup_steps(cfg.optim.lr_warmup_steps, steps.max_train_steps),
         "trains": {"unet": cfg.network.train_unet, "te1": cfg.network.train_text_encoder,
                    "te2": cfg.network.train_text_encoder},
         "saves": [{"when": "end of training", "path": str(cfg.save.output_dir / f"{name}.{cfg.save.save_model_as}")}],
@@ -45,10 +49,12 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
             lines.append(f"  {s['image_dir']}: {s['images']} {kind} images x {s['repeats']} repeats")
         lines.append("  buckets (width x height: samples per epoch):")
         lines += [f"    {b['width']}x{b['height']}: {b['count']}" for b in d["buckets"]]
+    lines += [f"skipped: {line}" for line in doc["skipped"]]
     trains = ", ".join(k.upper() for k, on in doc["trains"].items() if on)
     lines += [
         f"training images x repeats: {doc['num_train_images']}; regularisation: {doc['num_reg_images']}",
         f"steps: {doc['max_train_steps']} ({doc['steps_per_epoch']} per epoch, {doc['num_epochs']} epochs)",
+        f"learning rate: {doc['lr_scheduler']} schedule, {doc['lr_warmup_steps']} warmup steps",
         f"trains LoRA on: {trains}",
     ]
     lines += [f"saves: {s['path']} at {s['when']}" for s in doc["saves"]]

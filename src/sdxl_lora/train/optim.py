@@ -22,11 +22,13 @@ def param_groups(cfg: OptimConfig, params: dict[str, list[torch.nn.Parameter]]) 
     return groups
 
 
+OPTIMIZER_CLASSES = {"adamw": torch.optim.AdamW}
+"""Lower-case name -> class, for exactly the names config.options.OPTIMIZERS marks as working."""
+
+
 def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    """--optimizer_type; AdamW (torch) for now."""
-    if cfg.optimizer_type.lower() != "adamw":
-        raise ValueError(f"optimizer {cfg.optimizer_type} is not implemented")
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    """--optimizer_type, already validated against config.options.OPTIMIZERS."""
+    return OPTIMIZER_CLASSES[cfg.optimizer_type.lower()](groups, lr=cfg.learning_rate)
 
 
 def build_scheduler(cfg: OptimConfig, optimizer, total_steps: int, warmup: int):

@@ -32,7 +32,10 @@ def plan_steps(batches_per_epoch: int, grad_accum: int, max_train_steps: int,
 
 
 def warmup_steps(value: float | int, total_steps: int) -> int:
-    """--lr_warmup_steps: an integer count, or a fraction (< 1) of the total steps."""
-    if isinstance(value, float) and value < 1:
-        return int(value * total_steps)
+    """--lr_warmup_steps (and --lr_decay_steps) in steps (spec 1.7, 9.2): an int is a step count; a float is a
+    fraction of `total_steps` (from '0.1' or 'N%', so '100%' = 1.0 = every step), rounded down as sd-scripts
+    does. A product within 1e-9 of an integer counts as that integer: '29%' of 100 is 29 steps, not the 28
+    that 0.29 * 100 = 28.999999999999996 would give."""
+    if isinstance(value, float):
+        return math.floor(value * total_steps + 1e-9)
     return int(value)

@@ -1,10 +1,15 @@
-"""--config_file (sd-scripts' flattening, plus strict keys and types) and --output_config."""
+"""--config_file (sd-scripts' flattening, values read as sd-scripts can use them) and --output_config."""
 
 from __future__ import annotations
 
 import pytest
 
-from sdxl_lora.config.config_file import load_config_file, render_output_config, write_config_file
+from sdxl_lora.config.config_file import (
+    load_config_file,
+    read_config_file,
+    render_output_config,
+    write_config_file,
+)
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.options import OPTIONS
 from sdxl_lora.config.parser import parse_command_line, write_output_config
@@ -57,7 +62,7 @@ def test_invalid_toml_is_named(tmp_path):
 def test_every_bad_key_is_reported_with_file_and_key_path(tmp_path):
     config = write(tmp_path / "run.toml", """
 lerning_rate = 1e-4
-max_train_steps = "100"
+max_train_steps = "a hundred"
 [training]
 mixed_precision = "fp32"
 cache_latents = "yes"
@@ -66,12 +71,91 @@ config_file = "other.toml"
     with pytest.raises(ConfigError) as error:
         load_config_file(config)
     assert error.value.problems == [
-        f"{config}: lerning_rate: unknown option (did you mean learning_rate?)",
-        f"{config}: max_train_steps: expected an integer, got string \"100\"",
+        f"{config}: max_train_steps: expected an integer, got string \"a hundred\"",
         f"{config}: training.mixed_precision: invalid choice 'fp32' (choose from no, fp16, bf16)",
         f"{config}: training.cache_latents: expected true or false, got string \"yes\"",
         f"{config}: training.config_file: --config_file is only allowed on the command line",
     ]
+
+
+def test_unknown_keys_are_ignored_with_one_warning_each(tmp_path):
+    config = write(tmp_path / "run.toml", """
+lerning_rate = 1e-4
+epoch = 10
+[extra]
+noise_offset_type = "Original"
+seed = 3
+""")
+    values, warnings = read_config_file(config)
+    assert values == {"seed": 3}
+    assert warnings == [
+        f"{config}: lerning_rate: unknown option, ignored (as sd-scripts does) (did you mean learning_rate?)",
+        f"{config}: epoch: unknown option, ignored (as sd-scripts does)",
+        f"{config}: extra.noise_offset_type: unknown option, ignored (as sd-scripts does)"
+        " (did you mean noise_offset?)",
+    ]
+
+
+def test_numbers_written_as_strings_read_like_the_command_line(tmp_path):
+    config = write(tmp_path / "run.toml", """
+max_grad_norm = "1.0"
+learning_rate = "1e-4"
+max_train_steps = "100"
+lr_warmup_steps = "0.1"
+max_token_length = "150"
+text_encoder_lr = ["1e-5", 2e-5]
+""")
+    assert load_config_file(config) == {
+        "max_grad_norm": 1.0, "learning_rate": 1e-4, "max_train_steps": 100, "lr_warmup_steps": 0.1,
+        "max_token_length": 150, "text_encoder_lr": [1e-5, 2e-5],
+    }
+
+
+@pytest.mark.parametrize("line", [
+    'resume = ""', "resume = false", 'vae = ""', 'network_weights = ""', "network_args = []",
+    'network_args = ""', "optimizer_args = []", "lr_scheduler_args = []", 'dynamo_backend = "no"',
+    'dynamo_backend = "NO"', 'max_train_epochs = ""', "base_weights = []", "sample_prompts = false",
+    "network_args = false",
+])
+def test_empty_values_mean_unset(tmp_path, line):
+    config = write(tmp_path / "run.toml", line + "\n")
+    parsed = parse_command_line(["--config_file", str(config)])
+    key = line.split(" ")[0]
+    assert parsed.values[key] == next(o.default for o in OPTIONS if o.name == key)
+    assert key not in parsed.given
+
+
+def test_empty_command_line_only_keys_are_ignored(tmp_path):
+    assert load_config_file(write(tmp_path / "run.toml", 'config_file = ""\noutput_config = false\n')) == {}
+
+
+def test_a_later_empty_duplicate_unsets(tmp_path):
+    config = write(tmp_path / "run.toml", 'vae = "a.safetensors"\n[more]\nvae = ""\n')
+    assert load_config_file(config) == {}
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ("max_grad_norm = \"one\"", "expected a number, got string \"one\""),
+    ("cache_latents = \"true\"", "expected true or false, got string \"true\""),
+    ("max_train_steps = false", "expected an integer, got boolean false"),
+    ("seed = false", "expected an integer, got boolean false"),
+    ("output_config = true", "--output_config is only allowed on the command line"),
+    ("resume = true", "expected a string, got boolean true"),
+    ("dynamo_backend = \"nope\"", "invalid choice 'nope' (choose from eager, aot_eager, inductor,"
+     " aot_ts_nvfuser, nvprims_nvfuser, cudagraphs, ofi, fx2trt, onnxrt, tensort, ipex, tvm)"),
+])
+def test_values_sd_scripts_cannot_use_stay_errors(tmp_path, line, problem):
+    config = write(tmp_path / "run.toml", line + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_config_file(config)
+    assert error.value.problems == [f"{config}: {line.split(' ')[0]}: {problem}"]
+
+
+def test_empty_values_on_the_command_line_mean_unset():
+    parsed = parse_command_line(["--resume", "", "--network_args", "--vae="])
+    assert parsed.values["resume"] is None and parsed.values["network_args"] is None
+    assert parsed.values["vae"] is None
+    assert parsed.given == frozenset()
 
 
 def test_values_are_converted_to_the_option_type(tmp_path):
@@ -95,10 +179,10 @@ max_token_length = 225
 @pytest.mark.parametrize(("line", "problem"), [
     ("network_dim = 4.0", "expected an integer, got float 4.0"),
     ("network_dim = true", "expected an integer, got boolean true"),
-    ("learning_rate = \"1e-4\"", "expected a number, got string \"1e-4\""),
     ("resolution = 1024", "expected a string, got integer 1024"),
     ("lr_warmup_steps = 1.5",
-     "invalid value 1.5: a step count must be an integer; a fraction must be below 1"),
+     "invalid value 1.5: a step count must be an integer; a fraction must be below 1"
+     " (write 'N%' for N/100 of all steps)"),
     ("network_args = [1]", "expected a string, got integer 1"),
     ("max_token_length = 100", "invalid choice 100 (choose from 75, 150, 225)"),
 ])

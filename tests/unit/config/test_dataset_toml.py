@@ -185,7 +185,10 @@ def test_caption_extension_gets_a_dot_and_legacy_spelling_is_used(tmp_path):
 def test_duplicate_image_dir_in_one_dataset_is_ignored(tmp_path):
     toml = write(tmp_path / "d.toml", '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "x"\n'
                                       '[[datasets.subsets]]\nimage_dir = "x"\n')
-    assert len(load_datasets(toml, cli())[0].subsets) == 1
+    (dataset,) = load_datasets(toml, cli())
+    assert len(dataset.subsets) == 1
+    assert dataset.skipped == (f"{toml}: datasets[0].subsets[1]: x is already used by another subset of "
+                               "datasets[0]; subset ignored",)
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -210,13 +213,38 @@ def test_dreambooth_folders_become_subsets(tmp_path):
     assert dataset.subsets[0].where("num_repeats") == "--train_data_dir folder '10_sks dog': num_repeats"
 
 
-def test_dreambooth_folder_without_prefix_is_an_error(tmp_path):
+def test_dreambooth_folders_sd_scripts_leaves_out_are_skipped_with_a_warning(tmp_path, caplog):
     image_folder(tmp_path / "train" / "10_ok")
-    image_folder(tmp_path / "train" / "dog")
+    image_folder(tmp_path / "train" / "dog", count=3)
+    image_folder(tmp_path / "train" / "0_zero", count=1)
+    (tmp_path / "train" / "2_empty").mkdir()
+    image_folder(tmp_path / "train" / ".ipynb_checkpoints")
+    image_folder(tmp_path / "reg" / "reg_images", count=2)
+    (dataset,) = load_datasets(None, cli(train_data_dir=str(tmp_path / "train"), reg_data_dir=str(tmp_path / "reg"),
+                                         resolution="512"))
+    assert [Path(s.image_dir).name for s in dataset.subsets] == ["10_ok"]
+    assert dataset.skipped == (
+        "--train_data_dir: folder '0_zero' skipped: repeat count 0 is below 1; 1 image not used",
+        "--train_data_dir: folder '2_empty' skipped: no images (.png .jpg .jpeg .webp .bmp) directly in it",
+        "--train_data_dir: folder 'dog' skipped: no '<repeats>_' prefix (e.g. '10_sks dog'); 3 images not used",
+        "--reg_data_dir: folder 'reg_images' skipped: no '<repeats>_' prefix (e.g. '10_sks dog'); 2 images not used",
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 4 and all(line in text for line, text in zip(dataset.skipped, warnings, strict=True))
+    assert not any(".ipynb_checkpoints" in text for text in warnings)
+
+
+def test_dreambooth_error_only_when_no_training_image_is_left(tmp_path):
+    image_folder(tmp_path / "train" / "dog", count=2)
+    image_folder(tmp_path / "train" / ".hidden")
+    image_folder(tmp_path / "reg" / "1_reg")
     with pytest.raises(ConfigError) as e:
-        load_datasets(None, cli(train_data_dir=str(tmp_path / "train"), resolution="512"))
-    assert e.value.problems == [f"--train_data_dir: folder {tmp_path / 'train' / 'dog'} has no '<repeats>_' "
-                                "prefix (e.g. '10_sks dog'); rename it or move it out"]
+        load_datasets(None, cli(train_data_dir=str(tmp_path / "train"), reg_data_dir=str(tmp_path / "reg"),
+                                resolution="512"))
+    assert e.value.problems == [
+        f"--train_data_dir: no training images left in {tmp_path / 'train'} (image folders are named "
+        "'<repeats>_<tokens>', e.g. '10_sks dog'); skipped: --train_data_dir: folder 'dog' skipped: "
+        "no '<repeats>_' prefix (e.g. '10_sks dog'); 2 images not used"]
 
 
 def test_dreambooth_errors_without_resolution_or_data(tmp_path):
@@ -276,7 +304,7 @@ def test_subset_problems_name_where_the_value_was_set(tmp_path):
         "encoded once, before any augmentation)",
         f"{toml}: datasets[0].subsets[0].random_crop=true: cannot be combined with --cache_latents (latents are "
         "encoded once, before any augmentation)",
-        f"{toml}: datasets[0].subsets[0].color_aug=true: not supported yet",
+        f"{toml}: datasets[0].subsets[0].color_aug=true: not supported yet (roadmap: dataset pipeline)",
     ]
 
 
@@ -300,5 +328,23 @@ def test_shared_general_value_reported_once_and_unsupported_settings(tmp_path):
                                       f'[[datasets.subsets]]\nimage_dir = "{folder}/."\n')
     assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
         f"{toml}: datasets[0].validation_split=0.1: validation datasets are not supported yet",
-        f"{toml}: general.shuffle_caption=true: not supported yet",
+        f"{toml}: general.shuffle_caption=true: not supported yet (roadmap: dataset pipeline)",
     ]
+
+
+def test_subset_settings_follow_the_status_of_their_option(tmp_path, monkeypatch):
+    """One source of truth: a subset key works exactly when the option of the same name works."""
+    from dataclasses import replace
+
+    import sdxl_lora.config.dataset_validate as dataset_validate
+    from sdxl_lora.config.options import OPTIONS_BY_NAME, WORKS
+
+    toml, datasets = load(tmp_path, "resolution = 512", "shuffle_caption = true\nmetadata_file = 'm.json'")
+    assert [p.split(": ", 1)[1] for p in validate_datasets(datasets, cache_latents=False)] == [
+        "datasets[0].subsets[0].shuffle_caption=true: not supported yet (roadmap: dataset pipeline)",
+        'datasets[0].subsets[0].metadata_file="m.json": not supported yet (roadmap: dataset pipeline)',
+    ]
+    working = {name: replace(option, status=WORKS) if name in ("shuffle_caption", "in_json") else option
+               for name, option in OPTIONS_BY_NAME.items()}
+    monkeypatch.setattr(dataset_validate, "OPTIONS_BY_NAME", working)
+    assert validate_datasets(datasets, cache_latents=False) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,10 @@ from sdxl_lora.config.options import GROUPS, NOT_YET, OPTIONS, OPTIONS_BY_NAME, 
 from sdxl_lora.config.parser import build_parser, parse_command_line
 
 TESTS = Path(__file__).resolve().parents[2]
-SD_SCRIPTS_NAMES = (TESTS / "assets" / "sd_scripts_options.txt").read_text().split()
+SPEC_ROWS = [line.split(None, 2) for line in (TESTS / "assets" / "sd_scripts_options.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+"""(name, type, default as JSON) of every option, written from the spec (section 1), not from options.py."""
+SD_SCRIPTS_NAMES = [name for name, _, _ in SPEC_ROWS]
 ROADMAP = {"model loading", "dataset pipeline", "LoRA network", "training loop", "sampling and logging",
            "multi-process", "benchmarks"}
 WORKING = {
@@ -53,6 +57,13 @@ def test_the_table_declares_exactly_the_sd_scripts_options_plus_the_guides_two()
     assert len(names) == len(set(names)) == 198
     assert sorted(names) == sorted(SD_SCRIPTS_NAMES)
     assert {"text_encoder_lr1", "text_encoder_lr2", "config_file", "output_config"} <= set(names)
+
+
+@pytest.mark.parametrize(("name", "kind", "default"), SPEC_ROWS, ids=SD_SCRIPTS_NAMES)
+def test_type_and_default_are_the_specs(name, kind, default):
+    option = OPTIONS_BY_NAME[name]
+    assert (option.kind + ("*" if option.nargs == "*" else ""), option.default) == (kind, json.loads(default))
+    assert type(option.default) in ({type(json.loads(default))} | ({int, float} if kind == "float" else set()))
 
 
 @pytest.mark.parametrize("name", SD_SCRIPTS_NAMES)
@@ -165,7 +176,7 @@ def test_warmup_steps_reject_a_non_integer_above_one():
 def test_negative_numbers_and_empty_lists_parse():
     parsed = parse_command_line(["--noise_offset", "-0.1", "--text_encoder_lr", "--seed", "-3"])
     assert parsed.values["noise_offset"] == -0.1
-    assert parsed.values["text_encoder_lr"] == []
+    assert parsed.values["text_encoder_lr"] is None  # no value: unset, as sd-scripts reads an empty list
     assert parsed.values["seed"] == -3
 
 
