@@ -173,3 +173,39 @@ def test_rank_and_module_dropout_in_training_only(tiny):
     assert 60 < zeros < 140
     handles.train(False)
     assert not torch.all(layer.lora_B["default"](torch.randn(2, 4)) == 0)
+
+
+def _sd_scripts_names(conv: bool) -> set[str]:
+    """sd-scripts' SDXL module names, written out from spec 3.1/3.2/3.6 (not from our tables)."""
+    attn = [f"{a}_{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out_0")]
+    per_layer = attn + ["ff_net_0_proj", "ff_net_2"]
+    depths = {"input_blocks_4_1": 2, "input_blocks_5_1": 2, "input_blocks_7_1": 10, "input_blocks_8_1": 10,
+              "middle_block_1": 10, **{f"output_blocks_{n}_1": 10 for n in (0, 1, 2)},
+              **{f"output_blocks_{n}_1": 2 for n in (3, 4, 5)}}
+    names = set()
+    for block, depth in depths.items():
+        names |= {f"lora_unet_{block}_proj_in", f"lora_unet_{block}_proj_out"}
+        names |= {f"lora_unet_{block}_transformer_blocks_{i}_{p}" for i in range(depth) for p in per_layer}
+    for te, layers in (("te1", 12), ("te2", 32)):
+        mods = [f"self_attn_{p}_proj" for p in ("q", "k", "v", "out")] + ["mlp_fc1", "mlp_fc2"]
+        names |= {f"lora_{te}_text_model_encoder_layers_{i}_{m}" for i in range(layers) for m in mods}
+    if conv:
+        resnets = ([f"input_blocks_{n}_0" for n in (1, 2, 4, 5, 7, 8)] + ["middle_block_0", "middle_block_2"]
+                   + [f"output_blocks_{n}_0" for n in range(9)])
+        names |= {f"lora_unet_{r}_{c}" for r in resnets for c in ("in_layers_2", "out_layers_3", "emb_layers_1")}
+        skips = ["input_blocks_4_0", "input_blocks_7_0"] + [f"output_blocks_{n}_0" for n in range(9)]
+        names |= {f"lora_unet_{s}_skip_connection" for s in skips}
+        names |= {"lora_unet_input_blocks_3_0_op", "lora_unet_input_blocks_6_0_op",
+                  "lora_unet_output_blocks_2_2_conv", "lora_unet_output_blocks_5_2_conv"}
+    return names
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_full_sdxl_module_names_are_exactly_sd_scripts(sdxl_unet, sdxl_text_encoders, conv):
+    te1, te2 = sdxl_text_encoders
+    args = ("conv_dim=4",) if conv else ()
+    specs = plan_modules({"unet": sdxl_unet, "te1": te1, "te2": te2}, _cfg(*args))
+    names = [s.name for s in specs]
+    expected = _sd_scripts_names(conv)
+    assert len(names) == len(set(names)) == len(expected) == (722 + 66 if conv else 722) + 264
+    assert set(names) == expected
