@@ -123,6 +123,8 @@ def test_sshs_hashes_follow_spec_4_2(tmp_path):
     meta = md.with_sshs_hashes(small, {"ss_a": "1", "modelspec.title": "t"})
     # the data section is the two little-endian float32 values; the file is far shorter than 0x100000 bytes
     assert meta["sshs_model_hash"] == hashlib.sha256(struct.pack("<2f", 1.0, 2.0)).hexdigest()
+    # pinned: `printf '\x00\x00\x80\x3f\x00\x00\x00\x40' | sha256sum` (1.0 and 2.0 as float32 LE)
+    assert meta["sshs_model_hash"] == "b9c80b5adeca450753a16950c3cc655d271f7bef7a485bc83f112b72fef21d37"
     assert meta["sshs_legacy_hash"] == hashlib.sha256(b"").hexdigest()[:8] == "e3b0c442"
 
     big = {"w": torch.arange(0x50000, dtype=torch.float32)}  # 1.25 MiB of data
@@ -131,6 +133,8 @@ def test_sshs_hashes_follow_spec_4_2(tmp_path):
     save_file(big, path, metadata={"ss_a": "1"})  # the serialisation the legacy hash is defined on
     raw = path.read_bytes()
     assert meta["sshs_legacy_hash"] == hashlib.sha256(raw[0x100000:0x110000]).hexdigest()[:8]
+    # pinned: `dd if=ss_only.safetensors bs=65536 skip=16 count=1 | sha256sum` (header of 96 bytes + 8)
+    assert meta["sshs_legacy_hash"] == "aa552e4e"
     assert meta["sshs_model_hash"] == hashlib.sha256(big["w"].numpy().tobytes()).hexdigest()
     with safe_open(path, "pt") as f:
         assert json.loads(json.dumps(f.metadata())) == {"ss_a": "1"}
