@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from conftest import make_images, train_keeping_result, write_toml
@@ -28,6 +30,7 @@ def _args(model, tmp, *extra):
 def run(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("net")
     code, result = train_keeping_result(_args(tiny_model_dir, tmp, "--network_dropout=0.1",
+                                              "--training_comment=first try", "--metadata_author=me",
                                               "--network_args", *NETWORK_ARGS))
     assert code == 0
     return result
@@ -46,6 +49,28 @@ def test_file_has_conv_modules_at_conv_rank_and_no_zero_weight_block(run):
     assert any(k.startswith("lora_unet_input_blocks_7_") for k in keys)
     assert json.loads(meta["ss_network_args"]) == dict(a.split("=", 1) for a in NETWORK_ARGS) | {"dropout": 0.1}
     assert meta["ss_network_dropout"] == "0.1"
+    assert meta["ss_training_comment"] == "first try" and meta["modelspec.author"] == "me"
+
+
+def test_diffusers_folder_continues_from_the_kohya_file(run, tiny_model_dir, tmp_path, caplog):
+    """--network_weights takes the first run's file; the diffusers folder in fp16 holds the same modules."""
+    caplog.set_level(logging.INFO)
+    code, result = train_keeping_result(_args(tiny_model_dir, tmp_path, f"--network_weights={run.output_path}",
+                                              "--dim_from_weights", "--save_model_as=diffusers_safetensors",
+                                              "--save_precision=fp16", "--max_train_steps=1"))
+    assert code == 0
+    folder = result.output_path
+    assert folder.name == "net" and [p.name for p in folder.iterdir()] == ["pytorch_lora_weights.safetensors"]
+    with safe_open(folder / "pytorch_lora_weights.safetensors", "pt") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+        dtypes = {f.get_tensor(k).dtype for k in keys}
+    with safe_open(run.output_path, "pt") as f:
+        kohya_modules = {k.rsplit(".", 2)[0] for k in f.keys() if k.endswith(".lora_down.weight")}
+    assert len(keys) == 2 * len(kohya_modules) and dtypes == {torch.float16}
+    assert json.loads(meta["lora_adapter_metadata"])["unet.lora_alpha"] == 2.0
+    assert meta["ss_network_dim"] == "4" and meta["format"] == "pt" and len(meta["sshs_model_hash"]) == 64
+    assert "every key maps onto an SDXL module" in caplog.text
 
 
 def test_unknown_network_arg_stops_before_loading(tiny_model_dir, tmp_path, capsys):

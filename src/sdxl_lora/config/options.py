@@ -165,8 +165,11 @@ OPTIONS: tuple[Option, ...] = (
     # Output and saving (spec 1.8, 1.10)
     Option("output_dir", OUTPUT, "str", None, status=WORKS, help="folder for LoRA files and states"),
     Option("output_name", OUTPUT, "str", None, status=WORKS, help="base name of the saved LoRA files"),
-    Option("save_model_as", OUTPUT, "str", "safetensors", ("ckpt", "pt", "safetensors"), status=WORKS,
-           help="LoRA file format; ckpt and pt are pickled state dicts without metadata"),
+    Option("save_model_as", OUTPUT, "str", "safetensors",
+           ("ckpt", "pt", "safetensors", "diffusers", "diffusers_safetensors"), status=WORKS,
+           help="LoRA file format; ckpt and pt are pickled state dicts without metadata; diffusers_safetensors is a "
+                "folder for StableDiffusionXLPipeline.load_lora_weights (alphas in its header); diffusers (pickle) "
+                "is refused: it cannot carry the alphas"),
     Option("save_precision", OUTPUT, "str", None, ("float", "fp16", "bf16"), roadmap=LORA, status=WORKS,
            help="dtype of saved tensors; default the training dtype"),
     Option("save_every_n_epochs", OUTPUT, "int", None, roadmap=LOOP, help="save every N epochs"),
@@ -199,7 +202,8 @@ OPTIONS: tuple[Option, ...] = (
            help="--resume is 'owner/repo/path[:revision[:type]]' on the Hugging Face Hub"),
     Option("async_upload", OUTPUT, "flag", False, roadmap=SAMPLING, help="upload in a background thread"),
     # Network (spec 1.6)
-    Option("network_module", NETWORK, "str", None, status=WORKS, help="network module; networks.lora"),
+    Option("network_module", NETWORK, "str", None, status=WORKS,
+           help="network module; networks.lora (LyCORIS' lycoris.kohya is not supported yet)"),
     Option("network_dim", NETWORK, "int", None, status=WORKS, help="LoRA rank (4 when unset)"),
     Option("network_alpha", NETWORK, "float", 1, status=WORKS,
            help="LoRA alpha; scale = alpha / rank; 0 means alpha = rank"),

@@ -34,7 +34,8 @@ def _required(v: dict) -> list[str]:
     if not v.get("network_module"):
         out.append("--network_module is required (use --network_module=networks.lora)")
     elif v["network_module"] not in SUPPORTED_NETWORK_MODULES:
-        out.append(f"--network_module={v['network_module']}: only networks.lora is supported")
+        out.append(f"--network_module={v['network_module']}: only networks.lora is supported "
+                   "(LyCORIS' lycoris.kohya: not yet)")
     return out
 
 
@@ -170,6 +171,9 @@ def _network(v: dict) -> list[str]:
     dropout = v.get("network_dropout")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         out.append(f"--network_dropout={dropout}: must be in [0, 1)")
+    if v.get("save_model_as") == "diffusers":
+        out.append("--save_model_as diffusers: a pickled diffusers LoRA cannot carry the alphas (diffusers would load "
+                   "every module at alpha = rank); use --save_model_as diffusers_safetensors")
     if v.get("dim_from_weights") and not v.get("network_weights"):
         out.append("--dim_from_weights needs --network_weights (the file to take modules, ranks and alphas from)")
     norm = v.get("scale_weight_norms")

@@ -3,20 +3,24 @@ and `text_encoder_2.`, with each model's LoraConfig in the `lora_adapter_metadat
 `StableDiffusionXLPipeline.load_lora_weights(folder)` rebuilds every module with its own rank and alpha
 (environment.md 6: without that header diffusers would take alpha = rank).
 
-A `.bin` (pickle) file cannot carry the header, so `diffusers` (pickle) is written only when every alpha equals
-its rank, where the header is not needed.
+A `.bin` (pickle) file cannot carry the header, so `--save_model_as diffusers` (pickle) is refused in config:
+diffusers would load every module at alpha = rank.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
+from sdxl_lora.common.files import atomic_folder
 from sdxl_lora.network.lora import LoraHandles, lora_layers
 
 PREFIX = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
-WEIGHT_NAME = {"diffusers_safetensors": "pytorch_lora_weights.safetensors", "diffusers": "pytorch_lora_weights.bin"}
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -43,8 +47,15 @@ def adapter_metadata(handles: LoraHandles) -> str:
     return json.dumps(packed, indent=2, sort_keys=True, default=str)
 
 
-def alphas_equal_ranks(handles: LoraHandles) -> bool:
-    """Whether a file without the adapter header (diffusers pickle) would still load at the right scale."""
-    adapter = handles.adapter_name
-    return all(float(layer.lora_alpha[adapter]) == layer.r[adapter]
-               for component in handles.models for _, layer in handles.layers(component))
+def save_diffusers_folder(folder: str | Path, handles: LoraHandles, *, save_dtype: torch.dtype | None,
+                          metadata: dict[str, str] | None = None) -> Path:
+    """Write `folder/pytorch_lora_weights.safetensors` with the adapter header and `metadata`; the folder appears
+    whole. A previous save of the same name (a folder holding only that file) is replaced."""
+    folder = Path(folder)
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {WEIGHT_NAME}:
+        shutil.rmtree(folder)
+    state = diffusers_state_dict(handles, save_dtype)
+    header = {**(metadata or {}), "format": "pt", "lora_adapter_metadata": adapter_metadata(handles)}
+    with atomic_folder(folder) as tmp:
+        save_file(state, tmp / WEIGHT_NAME, metadata=header)
+    return folder

@@ -46,9 +46,12 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.models.precision import place_models
     from sdxl_lora.network.build import build_network, merge_base_weights
     from sdxl_lora.network.groups import param_groups
+    from sdxl_lora.network.hashes import ModelHashes
     from sdxl_lora.network.weights import max_norm_regularize
 
     session_id, started_at = random.randint(0, 2**32), time.time()
+    # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
+    model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
@@ -98,7 +101,7 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.train.save import RunSaver
 
     saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
-                     optimizer=optimizer)
+                     optimizer=optimizer, model_hashes=model_hashes, num_processes=accelerator.num_processes)
     alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
     step_losses: list[float] = []
     progress = _progress(plan.max_train_steps, accelerator.is_main_process)

@@ -12,7 +12,7 @@ from sdxl_lora.config.network_args import parse_lora_args
 from sdxl_lora.config.schema import NetworkConfig
 from sdxl_lora.models.tiny import TE1_HIDDEN, TE2_HIDDEN, TE2_PROJECTION, build_tiny_pipeline
 from sdxl_lora.network.build import build_network
-from sdxl_lora.network.diffusers_format import adapter_metadata, alphas_equal_ranks, diffusers_state_dict
+from sdxl_lora.network.diffusers_format import save_diffusers_folder
 from sdxl_lora.network.kohya import kohya_state_dict
 from sdxl_lora.network.selfcheck import check_saved
 
@@ -56,10 +56,7 @@ def _outputs(unet, te1, te2):
 
 
 def _diffusers_folder(trained, folder):
-    folder.mkdir()
-    save_file(diffusers_state_dict(trained), folder / "pytorch_lora_weights.safetensors",
-              metadata={"format": "pt", "lora_adapter_metadata": adapter_metadata(trained)})
-    return folder
+    return save_diffusers_folder(folder, trained, save_dtype=None, metadata={"ss_network_dim": "4"})
 
 
 def _kohya_file(trained, path):
@@ -91,10 +88,6 @@ def test_round_trip_through_network_weights(base, trained, tmp_path, fmt):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
 
 
-def test_alphas_equal_ranks(trained):
-    assert not alphas_equal_ranks(trained)
-
-
 def test_self_check_passes_a_good_file_and_names_what_a_loader_ignores(trained, tmp_path):
     good = _kohya_file(trained, tmp_path / "good.safetensors")
     assert check_saved(good, trained.models) == []
@@ -116,3 +109,12 @@ def test_self_check_passes_a_good_file_and_names_what_a_loader_ignores(trained, 
         "lora_unet_input_blocks_4_1_norm: no unet module of this shape at down_blocks.1.attentions.0.norm "
         "(a loader ignores it)",
     ]
+
+
+def test_diffusers_folder_replaces_a_previous_save_and_keeps_other_folders(trained, tmp_path):
+    folder = _diffusers_folder(trained, tmp_path / "lora")
+    assert _diffusers_folder(trained, folder) == folder
+    assert [p.name for p in folder.iterdir()] == ["pytorch_lora_weights.safetensors"]
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        _diffusers_folder(trained, folder)
