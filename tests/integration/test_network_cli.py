@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -52,9 +51,8 @@ def test_file_has_conv_modules_at_conv_rank_and_no_zero_weight_block(run):
     assert meta["ss_training_comment"] == "first try" and meta["modelspec.author"] == "me"
 
 
-def test_diffusers_folder_continues_from_the_kohya_file(run, tiny_model_dir, tmp_path, caplog):
+def test_diffusers_folder_continues_from_the_kohya_file(run, tiny_model_dir, tmp_path, capsys):
     """--network_weights takes the first run's file; the diffusers folder in fp16 holds the same modules."""
-    caplog.set_level(logging.INFO)
     code, result = train_keeping_result(_args(tiny_model_dir, tmp_path, f"--network_weights={run.output_path}",
                                               "--dim_from_weights", "--save_model_as=diffusers_safetensors",
                                               "--save_precision=fp16", "--max_train_steps=1"))
@@ -70,7 +68,7 @@ def test_diffusers_folder_continues_from_the_kohya_file(run, tiny_model_dir, tmp
     assert len(keys) == 2 * len(kohya_modules) and dtypes == {torch.float16}
     assert json.loads(meta["lora_adapter_metadata"])["unet.lora_alpha"] == 2.0
     assert meta["ss_network_dim"] == "4" and meta["format"] == "pt" and len(meta["sshs_model_hash"]) == 64
-    assert "every key maps onto an SDXL module" in caplog.text
+    assert "net: every key maps onto an SDXL module" in capsys.readouterr().err  # the after-save self-check
 
 
 def test_unknown_network_arg_stops_before_loading(tiny_model_dir, tmp_path, capsys):
@@ -89,5 +87,5 @@ def test_weight_file_options_are_checked_before_loading(tiny_model_dir, tmp_path
     err = capsys.readouterr().err
     assert code == 2
     assert "--dim_from_weights needs --network_weights" in err
-    assert f"--base_weights {missing}: no such file or folder" in err
+    assert f"--base_weights {missing}: file not found" in err
     assert "--scale_weight_norms=-1.0: must be a finite number, not negative" in err

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from sdxl_lora.config.network_args import parse_lora_args
 from sdxl_lora.config.schema import NetworkConfig
 from sdxl_lora.network.build import build_network, merge_base_weights
-from sdxl_lora.network.kohya import kohya_state_dict
+from sdxl_lora.network.kohya import kohya_state_dict, save_lora_file
 from sdxl_lora.network.lora import ModuleSpec, inject, lora_layers
 from sdxl_lora.network.weights import delta_weight, max_norm_regularize, read_kohya
 
@@ -57,11 +57,9 @@ def _same(a, b):
         assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+@pytest.mark.parametrize("fmt", ["safetensors", "ckpt", "pt"])
 def test_network_weights_round_trip_bit_exactly(tiny, trained, tmp_path, fmt):
-    path = tmp_path / f"lora.{fmt}"
-    state = kohya_state_dict(trained)
-    save_file(state, path) if fmt == "safetensors" else torch.save(state, path)
+    path = save_lora_file(tmp_path / f"lora.{fmt}", kohya_state_dict(trained))  # the writer --save_model_as uses
     dims = ["4"] * 23
     dims[5] = "2"
     loaded = build_network(*_copies(tiny), _cfg("conv_dim=3", f"block_dims={','.join(dims)}",
