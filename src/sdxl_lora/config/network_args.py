@@ -7,9 +7,10 @@ the key. Unlike sd-scripts, an unknown key is an error (sd-scripts ignores it si
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
+
+from sdxl_lora.config.errors import did_you_mean
 
 NUM_BLOCKS = 23  # SDXL U-Net blocks for block_dims (spec 3.6)
 NUM_DOWN, NUM_MID, NUM_UP = 9, 3, 9  # down_lr_weight / mid_lr_weight / up_lr_weight lengths
@@ -103,11 +104,10 @@ def parse_lora_args(network_args) -> tuple[LoraArgs, list[str]]:
 
 
 def _unknown(key: str) -> str:
-    hint = HINTS.get(key)
-    if hint is None:
-        guess = difflib.get_close_matches(key, LORA_KEYS, n=1)
-        hint = f"did you mean {guess[0]}?" if guess else f"networks.lora knows {', '.join(LORA_KEYS)}"
-    return f"--network_args {key}: unknown key for networks.lora ({hint})"
+    hint = f" ({HINTS[key]})" if key in HINTS else did_you_mean(key, LORA_KEYS)
+    if not hint:
+        hint = " (known: " + ", ".join(LORA_KEYS) + ")"
+    return f"--network_args {key}: unknown key for networks.lora{hint}"
 
 
 def _parse_value(key: str, value: str):
