@@ -18,7 +18,7 @@ from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.noise import noisy_latents, sample_timesteps
-from sdxl_lora.train.optim import build_optimizer, build_scheduler, param_groups
+from sdxl_lora.train.optim import build_optimizer, build_scheduler
 from sdxl_lora.train.steps import plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,14 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.data.dataset import build_train_dataset, collate_first
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
-    from sdxl_lora.network.lora import apply_lora
+    from sdxl_lora.network.build import build_network, merge_base_weights
+    from sdxl_lora.network.groups import param_groups
+    from sdxl_lora.network.hashes import ModelHashes
+    from sdxl_lora.network.weights import max_norm_regularize
 
     session_id, started_at = random.randint(0, 2**32), time.time()
+    # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
+    model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
@@ -55,6 +60,8 @@ def run(cfg: RunConfig) -> RunResult:
     dataset = build_train_dataset(cfg.data.datasets, seed=random.randint(0, 2**31),
                                   prior_loss_weight=cfg.data.prior_loss_weight)
     models = load_sdxl(cfg.model, accelerator.device)
+    # --base_weights change the frozen weights: merged before fp8/dtype placement and before LoRA exists.
+    merge_base_weights(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
@@ -66,9 +73,7 @@ def run(cfg: RunConfig) -> RunResult:
                                           clear_device_cache=not placement.highvram))
         models.vae.to("cpu")
 
-    handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, rank=cfg.network.rank,
-                         alpha=cfg.network.alpha, train_unet=cfg.network.train_unet,
-                         train_text_encoder=cfg.network.train_text_encoder)
+    handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
     for params in trainable.values():
         for p in params:
@@ -83,7 +88,7 @@ def run(cfg: RunConfig) -> RunResult:
                                          and cfg.data.max_data_loader_n_workers > 0)
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
-    optimizer = build_optimizer(cfg.optim, param_groups(cfg.optim, trainable))
+    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim))
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
                                 warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
     optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
@@ -97,7 +102,7 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.train.save import RunSaver
 
     saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
-                     optimizer=optimizer)
+                     optimizer=optimizer, model_hashes=model_hashes, num_processes=accelerator.num_processes)
     alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
     step_losses: list[float] = []
     progress = _progress(plan.max_train_steps, accelerator.is_main_process)
@@ -105,6 +110,7 @@ def run(cfg: RunConfig) -> RunResult:
     for epoch in range(plan.num_epochs):
         dataset.set_epoch(epoch)
         unet.train()
+        handles.train()  # LoRA dropouts act in training mode, in the text encoders too
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
                 # Latents and the noise drawn like them are in the VAE dtype (float32 with --no_half_vae), and
@@ -132,6 +138,8 @@ def run(cfg: RunConfig) -> RunResult:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients and cfg.network.scale_weight_norms:
+                    max_norm_regularize(handles, cfg.network.scale_weight_norms)
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
