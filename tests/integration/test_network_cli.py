@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_images, train_keeping_result, write_toml
+from helpers import make_images, train_keeping_result, write_toml
 from sdxl_lora.cli import main
 
 NETWORK_ARGS = ("conv_dim=2", "conv_alpha=1", "loraplus_lr_ratio=4", "rank_dropout=0.1", "module_dropout=0.1",
