@@ -114,7 +114,7 @@ def test_gradient_accumulation_steps_after_every_second_batch_and_at_epoch_end(t
                          "--max_data_loader_n_workers=0"], monkeypatch)
     finally:
         handle.remove()
-    lrs = {"unet": 3e-4, "te1": 1e-5, "te2": 2e-5}
+    lrs = {"textencoder1": 1e-5, "textencoder2": 2e-5, "unet": 3e-4}  # group names as sd-scripts logs them
     assert steps == [(2, lrs), (3, lrs)]
     assert (result.steps, result.epochs, len(result.losses)) == (2, 1, 2)
     with safe_open(tmp_path / "out" / "p.safetensors", "pt") as f:

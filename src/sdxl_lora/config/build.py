@@ -10,6 +10,7 @@ from pathlib import Path
 from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.network_args import network_args_warnings, network_warnings, parse_lora_args
 from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.schema import (
@@ -44,6 +45,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         raise ConfigError(problems)
     for note in notes:
         log.info("%s", note)
+    for warning in network_args_warnings(values.get("network_args")) + network_warnings(values):
+        log.warning("%s", warning)
     return assemble(values, datasets)
 
 
@@ -109,6 +112,11 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         network_alpha=v.get("network_alpha") if v.get("network_alpha") is not None else 0.0,
         train_unet=not v.get("network_train_text_encoder_only"),
         train_text_encoder=not v.get("network_train_unet_only"),
+        network_dropout=v.get("network_dropout"), lora=parse_lora_args(v.get("network_args"))[0],
+        network_weights=v.get("network_weights") or None, dim_from_weights=bool(v.get("dim_from_weights")),
+        base_weights=tuple(v.get("base_weights") or ()),
+        base_weights_multiplier=tuple(v.get("base_weights_multiplier") or ()),
+        scale_weight_norms=v.get("scale_weight_norms") or None,
     )
     data = DataConfig(
         datasets=tuple(datasets), cache_latents=bool(v.get("cache_latents")),

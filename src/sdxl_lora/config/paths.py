@@ -50,13 +50,22 @@ def _vae(path: Path) -> str:
     return "" if looks_like_hub_id(str(path)) else "no such file or folder, and not a hub id (owner/name)"
 
 
+def _lora_weights(path: Path) -> str:
+    """A LoRA file, or a diffusers LoRA folder (pytorch_lora_weights.safetensors or .bin inside)."""
+    if path.is_dir():
+        if any((path / f"pytorch_lora_weights.{ext}").is_file() for ext in ("safetensors", "bin")):
+            return ""
+        return "folder without pytorch_lora_weights.safetensors (not a diffusers LoRA folder)"
+    return _file(path)
+
+
 def _thumbnail(path: Path) -> str:
     return "" if str(path).startswith("data:") else _file(path)
 
 
 PATH_RULES: dict[str, Callable[[Path], str]] = {
     "vae": _vae,
-    "network_weights": _file,
+    "network_weights": _lora_weights,
     "base_weights": _file,
     "resume": _folder,
     "in_json": _file,

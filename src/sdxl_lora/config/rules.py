@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.network_args import parse_lora_args
 from sdxl_lora.config.options import OPTIMIZERS, OPTIMIZERS_ROADMAP, SCHEDULERS, WORKS, choice_status
 from sdxl_lora.config.paths import path_problems
 from sdxl_lora.config.sources import detect_source
@@ -33,7 +34,8 @@ def _required(v: dict) -> list[str]:
     if not v.get("network_module"):
         out.append("--network_module is required (use --network_module=networks.lora)")
     elif v["network_module"] not in SUPPORTED_NETWORK_MODULES:
-        out.append(f"--network_module={v['network_module']}: only networks.lora is supported")
+        out.append(f"--network_module={v['network_module']}: only networks.lora is supported "
+                   "(LyCORIS' lycoris.kohya: not yet)")
     return out
 
 
@@ -161,13 +163,32 @@ def _resume(v: dict) -> list[str]:
     return []
 
 
+def _network(v: dict) -> list[str]:
+    """--network_args of networks.lora (every key checked, unknown keys named) and --network_dropout."""
+    out = []
+    if v.get("network_module") in SUPPORTED_NETWORK_MODULES:
+        out += parse_lora_args(v.get("network_args"))[1]
+    dropout = v.get("network_dropout")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        out.append(f"--network_dropout={dropout}: must be in [0, 1)")
+    if v.get("save_model_as") == "diffusers":
+        out.append("--save_model_as diffusers: a pickled diffusers LoRA cannot carry the alphas (diffusers would load "
+                   "every module at alpha = rank); use --save_model_as diffusers_safetensors")
+    if v.get("dim_from_weights") and not v.get("network_weights"):
+        out.append("--dim_from_weights needs --network_weights (the file to take modules, ranks and alphas from)")
+    norm = v.get("scale_weight_norms")
+    if norm is not None and not (norm >= 0 and math.isfinite(norm)):
+        out.append(f"--scale_weight_norms={norm}: must be a finite number, not negative")
+    return out
+
+
 def _loraplus_ratio(network_args) -> bool:
     return any(str(a).split("=", 1)[0].strip() in LORAPLUS_KEYS for a in (network_args or []))
 
 
 RULES: tuple[Callable[[dict], list[str]], ...] = (
     _required, _positive, path_problems, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
-    _noise_and_loss, _optimizer, _scheduler, _logging, _resume,
+    _noise_and_loss, _optimizer, _scheduler, _logging, _resume, _network,
 )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdxl_lora.config.dataset_toml import DatasetConfig
+from sdxl_lora.config.network_args import LoraArgs
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,20 @@ class NetworkConfig:
     """Apply and train LoRA on the U-Net."""
     train_text_encoder: bool = True
     """Apply and train LoRA on both text encoders."""
+    network_dropout: float | None = None
+    """Neuron dropout on the LoRA down projection's output (training only)."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """The --network_args of networks.lora, parsed (conv, block ranks and LR weights, dropouts, LoRA+)."""
+    network_weights: str | None = None
+    """LoRA file (or diffusers LoRA folder) loaded into the network before training."""
+    dim_from_weights: bool = False
+    """Take the modules, ranks and alphas from network_weights instead of the options."""
+    base_weights: tuple[str, ...] = ()
+    """LoRA files merged into the frozen base weights before the network is created."""
+    base_weights_multiplier: tuple[float, ...] = ()
+    """Merge multiplier per base_weights file (missing ones are 1.0)."""
+    scale_weight_norms: float | None = None
+    """Max-norm of each module's delta, applied after every optimizer step."""
 
     @property
     def rank(self) -> int:

@@ -1,7 +1,8 @@
 """Kohya-format LoRA state dicts (spec 3.2, 3.4) from and into peft adapters, and writing LoRA files.
 
 Per module: `<kohya name>.lora_down.weight` (peft lora_A), `.lora_up.weight` (lora_B) and `.alpha`, a 0-dim
-tensor holding the module's true lora_alpha (float32, or save_dtype when given, as sd-scripts does).
+tensor holding the module's true lora_alpha (float32, int64 when it defaulted to the rank, or save_dtype when
+given, as sd-scripts does).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 
 from sdxl_lora.common.files import atomic_path
 from sdxl_lora.network.keys import kohya_name, parse_kohya_name
-from sdxl_lora.network.lora import LoraHandles, lora_layers
+from sdxl_lora.network.lora import LoraHandles
 
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
@@ -23,13 +24,20 @@ DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 def _named_layers(handles: LoraHandles) -> dict[str, LoraLayer]:
     """Kohya module name -> peft LoRA layer, for every adapted module of every component."""
     named = {}
-    for component, model in handles.models.items():
-        for path, layer in lora_layers(model, handles.adapter_name):
-            name = kohya_name(component, path)
+    for component in handles.models:
+        for name, layer in handles.layers(component):
             if name in named:
                 raise ValueError(f"two modules share the kohya name {name!r}")
             named[name] = layer
     return named
+
+
+def alpha_tensor(handles: LoraHandles, name: str, layer: LoraLayer) -> torch.Tensor:
+    """The module's alpha as sd-scripts stores it (spec 3.4): int64 when it defaulted to the rank, else float32."""
+    spec = handles.specs.get(name)
+    if spec is not None and spec.int_alpha:
+        return torch.tensor(spec.rank, dtype=torch.int64)
+    return torch.tensor(float(layer.lora_alpha[handles.adapter_name]), dtype=torch.float32)
 
 
 def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -46,8 +54,7 @@ def kohya_state_dict(
     for name, layer in _named_layers(handles).items():
         state[name + DOWN] = _export(layer.lora_A[name_].weight, save_dtype)
         state[name + UP] = _export(layer.lora_B[name_].weight, save_dtype)
-        alpha = torch.tensor(float(layer.lora_alpha[name_]), dtype=torch.float32)
-        state[name + ALPHA] = _export(alpha, save_dtype)
+        state[name + ALPHA] = _export(alpha_tensor(handles, name, layer), save_dtype)
     return state
 
 

@@ -54,6 +54,13 @@ class RunFacts:
     datasets: list = field(default_factory=list)
     tag_frequency: dict = field(default_factory=dict)
     dataset_dirs: dict = field(default_factory=dict)
+    reg_dataset_dirs: dict = field(default_factory=dict)
+    num_processes: int = 1
+
+
+def effective_text_encoder_lr(lrs: tuple[float | None, float | None]) -> float | None:
+    """ss_text_encoder_lr: sd-scripts has one text-encoder rate; ours are per encoder: the first one given."""
+    return next((lr for lr in lrs if lr is not None), None)
 
 
 def training_metadata(args: dict, facts: RunFacts) -> dict[str, str]:
@@ -72,11 +79,14 @@ def training_metadata(args: dict, facts: RunFacts) -> dict[str, str]:
         "ss_optimizer": facts.optimizer,
         "ss_debiased_estimation": str(bool(args.get("debiased_estimation_loss"))),
         "ss_sd_scripts_commit_hash": f"(sdxl-lora {__version__})",
-        "ss_datasets": json.dumps(facts.datasets),
         "ss_tag_frequency": json.dumps(facts.tag_frequency),
         "ss_dataset_dirs": json.dumps(facts.dataset_dirs),
         "ss_sd_model_name": _model_name(args.get("pretrained_model_name_or_path")),
     })
+    if args.get("dataset_config"):
+        meta["ss_datasets"] = json.dumps(facts.datasets)
+    else:
+        meta.update(_command_line_dataset(args, facts))
     if args.get("network_args"):
         meta["ss_network_args"] = network_args_json(args["network_args"], args.get("network_dropout"))
     if args.get("vae"):
@@ -86,10 +96,35 @@ def training_metadata(args: dict, facts: RunFacts) -> dict[str, str]:
     return meta
 
 
-def at_save(base: dict[str, str], args: dict, *, steps: int, epoch: int, now: float) -> dict[str, str]:
-    """Per-file keys: ss_steps, ss_epoch, ss_training_finished_at and the modelspec.* block (spec 4.1, 4.3)."""
+def _command_line_dataset(args: dict, facts: RunFacts) -> dict[str, str]:
+    """The dataset keys of a run without --dataset_config (spec 4.1): its one dataset, flat."""
+    dataset = facts.datasets[0] if facts.datasets else {}
+    batch = dataset.get("batch_size_per_device")
+    total = batch * facts.num_processes * (args.get("gradient_accumulation_steps") or 1) if batch else None
+    resolution = dataset.get("resolution")
+    keys = {
+        "ss_batch_size_per_device": batch, "ss_total_batch_size": total,
+        "ss_resolution": tuple(resolution) if resolution else None,
+        "ss_color_aug": bool(args.get("color_aug")), "ss_flip_aug": bool(args.get("flip_aug")),
+        "ss_random_crop": bool(args.get("random_crop")), "ss_shuffle_caption": bool(args.get("shuffle_caption")),
+        "ss_enable_bucket": bool(dataset.get("enable_bucket")),
+        "ss_bucket_no_upscale": bool(args.get("bucket_no_upscale")),
+        "ss_min_bucket_reso": dataset.get("min_bucket_reso"), "ss_max_bucket_reso": dataset.get("max_bucket_reso"),
+        "ss_keep_tokens": args.get("keep_tokens"),
+    }
+    out = {k: str(v) for k, v in keys.items()}
+    out.update({"ss_reg_dataset_dirs": json.dumps(facts.reg_dataset_dirs),
+                "ss_bucket_info": json.dumps(dataset.get("bucket_info"))})
+    return out
+
+
+def at_save(base: dict[str, str], args: dict, *, steps: int, epoch: int, now: float,
+            model_hashes: dict[str, str] | None = None) -> dict[str, str]:
+    """Per-file keys: ss_steps, ss_epoch, ss_training_finished_at, the base-model hashes (computed in the
+    background, network/hashes.py) and the modelspec.* block (spec 4.1, 4.3)."""
     meta = dict(base)
     if not args.get("no_metadata"):
+        meta.update(model_hashes or {})
         meta.update({"ss_training_finished_at": str(now), "ss_steps": str(steps), "ss_epoch": str(epoch)})
     meta.update(modelspec(args, now))
     return meta
@@ -115,7 +150,20 @@ def modelspec(args: dict, now: float) -> dict[str, str]:
     for key in _MODELSPEC_ARGS:
         if args.get(f"metadata_{key}") is not None:
             spec[f"modelspec.{key}"] = str(args[f"metadata_{key}"])
+    if args.get("metadata_thumbnail"):
+        spec["modelspec.thumbnail"] = thumbnail_data_url(str(args["metadata_thumbnail"]))
     return spec
+
+
+def thumbnail_data_url(value: str) -> str:
+    """--metadata_thumbnail: a data URL as given, or an image file read into one."""
+    if value.startswith("data:"):
+        return value
+    import base64
+    import mimetypes
+
+    mime = mimetypes.guess_type(value)[0] or "image/png"
+    return f"data:{mime};base64,{base64.b64encode(Path(value).read_bytes()).decode('ascii')}"
 
 
 def with_sshs_hashes(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.noise import noisy_latents, sample_timesteps
-from sdxl_lora.train.optim import build_optimizer, build_scheduler, param_groups
+from sdxl_lora.train.optim import build_optimizer, build_scheduler
 from sdxl_lora.train.steps import plan_steps, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,14 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.data.plan import build_plan
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
-    from sdxl_lora.network.lora import apply_lora
+    from sdxl_lora.network.build import build_network, merge_base_weights
+    from sdxl_lora.network.groups import param_groups
+    from sdxl_lora.network.hashes import ModelHashes
+    from sdxl_lora.network.weights import max_norm_regularize
 
     session_id, started_at = random.randint(0, 2**32), time.time()
+    # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
+    model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
@@ -59,6 +64,8 @@ def run(cfg: RunConfig) -> RunResult:
     # loaded tokenizers. Its shuffle seed is what sd-scripts draws right after global seeding.
     data_plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
     models = load_sdxl(cfg.model, accelerator.device)
+    # --base_weights change the frozen weights: merged before fp8/dtype placement and before LoRA exists.
+    merge_base_weights(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     tokens = functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
                                max_token_length=cfg.model.max_token_length)
     dataset = build_train_dataset(data_plan, seed=shuffle_seed(cfg.train.seed),
@@ -73,9 +80,7 @@ def run(cfg: RunConfig) -> RunResult:
     # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave it.
     text_cache = text_cache_for(cfg, models, dataset, accelerator)
 
-    handles = apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, rank=cfg.network.rank,
-                         alpha=cfg.network.alpha, train_unet=cfg.network.train_unet,
-                         train_text_encoder=cfg.network.train_text_encoder)
+    handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
     for params in trainable.values():
         for p in params:
@@ -91,7 +96,7 @@ def run(cfg: RunConfig) -> RunResult:
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
     dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
-    optimizer = build_optimizer(cfg.optim, param_groups(cfg.optim, trainable))
+    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim))
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
                                 warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
     optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
@@ -106,7 +111,7 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.train.save import RunSaver
 
     saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
-                     optimizer=optimizer)
+                     optimizer=optimizer, model_hashes=model_hashes, num_processes=accelerator.num_processes)
     alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
     step_losses: list[float] = []
     progress = _progress(plan.max_train_steps, accelerator.is_main_process)
@@ -114,6 +119,7 @@ def run(cfg: RunConfig) -> RunResult:
     for epoch in range(plan.num_epochs):
         dataset.set_epoch(epoch)
         unet.train()
+        handles.train()  # LoRA dropouts act in training mode, in the text encoders too
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
                 # Latents and the noise drawn like them are in the VAE dtype (float32 with --no_half_vae), and
@@ -140,6 +146,8 @@ def run(cfg: RunConfig) -> RunResult:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients and cfg.network.scale_weight_norms:
+                    max_norm_regularize(handles, cfg.network.scale_weight_norms)
             if not accelerator.sync_gradients:
                 continue
             global_step += 1

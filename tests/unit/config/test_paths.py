@@ -32,7 +32,7 @@ def test_every_rule_names_a_real_option():
     ("vae", "notes.txt", "a file, but not a checkpoint (expected .safetensors, .ckpt, .pt, .pth, .bin)"),
     ("vae", "folder", "folder has neither config.json nor vae/config.json (not a diffusers VAE)"),
     ("network_weights", "missing.safetensors", "file not found"),
-    ("network_weights", "folder", "is a folder, not a file"),
+    ("network_weights", "folder", "folder without pytorch_lora_weights.safetensors (not a diffusers LoRA folder)"),
     ("resume", "missing_state", "folder not found"),
     ("resume", "file.safetensors", "is a file, not a folder"),
     ("in_json", "meta.json", "file not found"),
@@ -62,6 +62,12 @@ def test_a_bad_path_is_one_line_naming_the_flag(tree, monkeypatch, name, value, 
 def test_usable_paths_pass(tree, monkeypatch, name, value):
     monkeypatch.chdir(tree)
     assert path_problems({name: value}) == []
+
+
+def test_network_weights_may_be_a_diffusers_lora_folder(tree, monkeypatch):
+    monkeypatch.chdir(tree)
+    (tree / "folder" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    assert path_problems({"network_weights": "folder"}) == []
 
 
 def test_every_item_of_a_list_is_checked(tree, monkeypatch):

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from sdxl_lora.config.schema import ModelConfig
+from sdxl_lora.config.schema import ModelConfig, NetworkConfig
 from sdxl_lora.models.load import load_sdxl
 from sdxl_lora.models.precision import FP8, place_models, plan_placement
 from sdxl_lora.models.text import encode, tokenize
@@ -39,8 +39,8 @@ def _load_and_place(tiny_sdxl_dir, **flags):
 
 
 def _lora(models, train_text_encoder=True):
-    return apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2, rank=4, alpha=2,
-                      train_unet=True, train_text_encoder=train_text_encoder)
+    return apply_lora(models.unet, models.text_encoder_1, models.text_encoder_2,
+                      NetworkConfig(network_dim=4, network_alpha=2, train_text_encoder=train_text_encoder))
 
 
 def _lora_dtypes(handles, component):

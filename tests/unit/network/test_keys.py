@@ -4,9 +4,9 @@ import re
 from collections import Counter
 
 import pytest
-import torch
 from torch import nn
 
+from sdxl_lora.config.schema import NetworkConfig
 from sdxl_lora.network.keys import diffusers_to_sgm, kohya_name, parse_kohya_name, sgm_to_diffusers
 from sdxl_lora.network.lora import (
     TE_TARGET_CLASSES,
@@ -15,24 +15,6 @@ from sdxl_lora.network.lora import (
     lora_layers,
     target_module_names,
 )
-
-SDXL_BASE_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-
-
-@pytest.fixture(scope="module")
-def sdxl_unet():
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        return UNet2DConditionModel(**SDXL_BASE_UNET)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +34,10 @@ def test_default_targets_get_722_unique_sgm_names(unet_lora_names):
         assert expected in unet_lora_names
 
 
-def test_peft_adds_exactly_these_722_adapters():
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**SDXL_BASE_UNET)
+def test_peft_adds_exactly_these_722_adapters(fresh_sdxl_unet):
+    unet = fresh_sdxl_unet
     expected = target_module_names(unet, UNET_TARGET_CLASSES)
-    apply_lora(unet, nn.Identity(), nn.Identity(), rank=4, alpha=1.0, train_unet=True,
-               train_text_encoder=False)
+    apply_lora(unet, nn.Identity(), nn.Identity(), NetworkConfig(network_dim=4, train_text_encoder=False))
     assert [path for path, _ in lora_layers(unet)] == expected
 
 
@@ -146,16 +124,9 @@ def test_other_prefixes_are_refused():
         parse_kohya_name("lora_te_text_model_encoder_layers_0_mlp_fc1")
 
 
-def test_sdxl_text_encoder_target_counts():
+def test_sdxl_text_encoder_target_counts(sdxl_text_encoders):
     # spec 3.1: 12 x 6 + 32 x 6 = 264 text-encoder modules on SDXL base.
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    with torch.device("meta"):
-        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                           num_attention_heads=12))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=5120,
-                                                         num_hidden_layers=32, num_attention_heads=20,
-                                                         projection_dim=1280))
+    te1, te2 = sdxl_text_encoders
     names = [kohya_name("te1", n) for n in target_module_names(te1, TE_TARGET_CLASSES)]
     names += [kohya_name("te2", n) for n in target_module_names(te2, TE_TARGET_CLASSES)]
     assert len(names) == len(set(names)) == 264

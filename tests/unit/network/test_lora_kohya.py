@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from sdxl_lora.config.schema import NetworkConfig
 from sdxl_lora.models.tiny import TE1_HIDDEN, TE2_HIDDEN, TE2_PROJECTION, build_tiny_pipeline
 from sdxl_lora.network.kohya import kohya_state_dict, load_kohya_into, save_lora_file
 from sdxl_lora.network.lora import LoraHandles, apply_lora, lora_layers
@@ -27,8 +28,8 @@ def base():
 
 def _lora_models(base, **kwargs) -> LoraHandles:
     unet, te1, te2 = (copy.deepcopy(m) for m in (base.unet, base.text_encoder, base.text_encoder_2))
-    options = dict(rank=RANK, alpha=ALPHA, train_unet=True, train_text_encoder=True) | kwargs
-    return apply_lora(unet, te1, te2, **options)
+    options = dict(network_dim=RANK, network_alpha=ALPHA) | kwargs
+    return apply_lora(unet, te1, te2, NetworkConfig(**options))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def test_save_lora_file_refuses_non_string_metadata(tmp_path):
 
 
 def test_network_dropout_acts_on_down_output_in_training_only(base):
-    handles = _lora_models(base, dropout=0.5, train_text_encoder=False)
+    handles = _lora_models(base, network_dropout=0.5, train_text_encoder=False)
     name, layer = next(lora_layers(handles.models["unet"]))
     x = torch.randn(64, layer.in_features)
     down = layer.lora_A["default"]

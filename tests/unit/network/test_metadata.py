@@ -123,6 +123,8 @@ def test_sshs_hashes_follow_spec_4_2(tmp_path):
     meta = md.with_sshs_hashes(small, {"ss_a": "1", "modelspec.title": "t"})
     # the data section is the two little-endian float32 values; the file is far shorter than 0x100000 bytes
     assert meta["sshs_model_hash"] == hashlib.sha256(struct.pack("<2f", 1.0, 2.0)).hexdigest()
+    # pinned: `printf '\x00\x00\x80\x3f\x00\x00\x00\x40' | sha256sum` (1.0 and 2.0 as float32 LE)
+    assert meta["sshs_model_hash"] == "b9c80b5adeca450753a16950c3cc655d271f7bef7a485bc83f112b72fef21d37"
     assert meta["sshs_legacy_hash"] == hashlib.sha256(b"").hexdigest()[:8] == "e3b0c442"
 
     big = {"w": torch.arange(0x50000, dtype=torch.float32)}  # 1.25 MiB of data
@@ -131,6 +133,56 @@ def test_sshs_hashes_follow_spec_4_2(tmp_path):
     save_file(big, path, metadata={"ss_a": "1"})  # the serialisation the legacy hash is defined on
     raw = path.read_bytes()
     assert meta["sshs_legacy_hash"] == hashlib.sha256(raw[0x100000:0x110000]).hexdigest()[:8]
+    # pinned: `dd if=ss_only.safetensors bs=65536 skip=16 count=1 | sha256sum` (header of 96 bytes + 8)
+    assert meta["sshs_legacy_hash"] == "aa552e4e"
     assert meta["sshs_model_hash"] == hashlib.sha256(big["w"].numpy().tobytes()).hexdigest()
     with safe_open(path, "pt") as f:
         assert json.loads(json.dumps(f.metadata())) == {"ss_a": "1"}
+
+
+DATASET = {"batch_size_per_device": 2, "resolution": [1024, 768], "enable_bucket": True, "min_bucket_reso": 256,
+           "max_bucket_reso": 2048, "bucket_info": {"buckets": {"3": {"resolution": [1024, 768], "count": 4}},
+                                                    "mean_img_ar_error": 0.0}}
+
+
+def test_command_line_dataset_keys_without_dataset_config():
+    facts = _facts(datasets=[DATASET], num_processes=2, reg_dataset_dirs={"reg": {"n_repeats": 1, "img_count": 3}})
+    meta = md.training_metadata(ARGS | {"gradient_accumulation_steps": 3, "flip_aug": True, "keep_tokens": 1},
+                                facts)
+    assert {k: meta[k] for k in (
+        "ss_batch_size_per_device", "ss_total_batch_size", "ss_resolution", "ss_flip_aug", "ss_color_aug",
+        "ss_enable_bucket", "ss_bucket_no_upscale", "ss_min_bucket_reso", "ss_max_bucket_reso", "ss_keep_tokens",
+        "ss_reg_dataset_dirs", "ss_bucket_info")} == {
+        "ss_batch_size_per_device": "2", "ss_total_batch_size": "12",  # 2 per device x 2 processes x 3 accumulation
+        "ss_resolution": "(1024, 768)", "ss_flip_aug": "True", "ss_color_aug": "False", "ss_enable_bucket": "True",
+        "ss_bucket_no_upscale": "False", "ss_min_bucket_reso": "256", "ss_max_bucket_reso": "2048",
+        "ss_keep_tokens": "1", "ss_reg_dataset_dirs": '{"reg": {"n_repeats": 1, "img_count": 3}}',
+        "ss_bucket_info": '{"buckets": {"3": {"resolution": [1024, 768], "count": 4}}, "mean_img_ar_error": 0.0}'}
+    assert "ss_datasets" not in meta
+
+
+def test_dataset_config_runs_describe_datasets_instead():
+    meta = md.training_metadata(ARGS | {"dataset_config": "d.toml"}, _facts(datasets=[DATASET]))
+    assert json.loads(meta["ss_datasets"]) == [DATASET]
+    assert "ss_batch_size_per_device" not in meta and "ss_bucket_info" not in meta
+
+
+def test_text_encoder_lr_when_only_the_second_encoder_has_one():
+    assert md.effective_text_encoder_lr((None, 3e-5)) == 3e-5
+    assert md.effective_text_encoder_lr((1e-5, 3e-5)) == 1e-5
+    assert md.effective_text_encoder_lr((None, None)) is None
+
+
+def test_model_hashes_join_at_save_unless_no_metadata():
+    hashes = {"ss_sd_model_hash": "7daca209", "ss_new_sd_model_hash": "13ee"}
+    assert md.at_save({}, ARGS, steps=1, epoch=1, now=1.0, model_hashes=hashes)["ss_sd_model_hash"] == "7daca209"
+    saved = md.at_save({}, ARGS | {"no_metadata": True}, steps=1, epoch=1, now=1.0, model_hashes=hashes)
+    assert "ss_sd_model_hash" not in saved
+
+
+def test_thumbnail_file_becomes_a_data_url(tmp_path):
+    thumb = tmp_path / "t.png"
+    thumb.write_bytes(b"\x89PNG")
+    # base64 of the four bytes 89 50 4E 47 is "iVBORw=="
+    assert md.modelspec(ARGS | {"metadata_thumbnail": str(thumb)}, 1.0)["modelspec.thumbnail"] == \
+        "data:image/png;base64,iVBORw=="

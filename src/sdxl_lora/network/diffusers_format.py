@@ -1,0 +1,61 @@
+"""The diffusers LoRA layout (`--save_model_as diffusers_safetensors`): peft keys under `unet.`, `text_encoder.`
+and `text_encoder_2.`, with each model's LoraConfig in the `lora_adapter_metadata` header, so that
+`StableDiffusionXLPipeline.load_lora_weights(folder)` rebuilds every module with its own rank and alpha
+(environment.md 6: without that header diffusers would take alpha = rank).
+
+A `.bin` (pickle) file cannot carry the header, so `--save_model_as diffusers` (pickle) is refused in config:
+diffusers would load every module at alpha = rank.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from sdxl_lora.common.files import atomic_folder
+from sdxl_lora.network.lora import LoraHandles, lora_layers
+
+PREFIX = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    out = tensor.detach().to("cpu", copy=True)
+    return (out if dtype is None else out.to(dtype)).contiguous()
+
+
+def diffusers_state_dict(handles: LoraHandles, save_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """`<prefix>.<module path>.lora_A.weight` / `.lora_B.weight` for every module, on the CPU."""
+    adapter, state = handles.adapter_name, {}
+    for component, model in handles.models.items():
+        for path, layer in lora_layers(model, adapter):
+            state[f"{PREFIX[component]}.{path}.lora_A.weight"] = _export(layer.lora_A[adapter].weight, save_dtype)
+            state[f"{PREFIX[component]}.{path}.lora_B.weight"] = _export(layer.lora_B[adapter].weight, save_dtype)
+    return state
+
+
+def adapter_metadata(handles: LoraHandles) -> str:
+    """The `lora_adapter_metadata` header value: each model's LoraConfig under its prefix, as diffusers writes it."""
+    packed = {}
+    for component, model in handles.models.items():
+        for key, value in model.peft_config[handles.adapter_name].to_dict().items():
+            packed[f"{PREFIX[component]}.{key}"] = sorted(value) if isinstance(value, set) else value
+    return json.dumps(packed, indent=2, sort_keys=True, default=str)
+
+
+def save_diffusers_folder(folder: str | Path, handles: LoraHandles, *, save_dtype: torch.dtype | None,
+                          metadata: dict[str, str] | None = None) -> Path:
+    """Write `folder/pytorch_lora_weights.safetensors` with the adapter header and `metadata`; the folder appears
+    whole. A previous save of the same name (a folder holding only that file) is replaced."""
+    folder = Path(folder)
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {WEIGHT_NAME}:
+        shutil.rmtree(folder)
+    state = diffusers_state_dict(handles, save_dtype)
+    header = {**(metadata or {}), "format": "pt", "lora_adapter_metadata": adapter_metadata(handles)}
+    with atomic_folder(folder) as tmp:
+        save_file(state, tmp / WEIGHT_NAME, metadata=header)
+    return folder
