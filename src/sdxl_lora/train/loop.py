@@ -176,28 +176,28 @@ def diagnose_non_finite(step: int, batch: Batch, cfg: RunConfig, lrs: list[float
 
 def batch_latents(batch: Batch, vae, device, dtype, vae_batch_size: int) -> torch.Tensor:
     """Scaled latents of a batch: from the cache, or encoded now with the frozen VAE in chunks of
-    --vae_batch_size images (spec 5.2)."""
+    --vae_batch_size images (spec 5.2), checked for non-finite values (vae_encode)."""
+    from sdxl_lora.data.vae_encode import encode_images
+
     if batch.latents is not None:
-        latents = batch.latents.to(device)
+        latents = batch.latents.to(device).float()
     else:
-        with torch.no_grad():
-            images = batch.images.to(device, dtype=vae.dtype)
-            latents = torch.cat([vae.encode(chunk).latent_dist.sample()
-                                 for chunk in images.split(max(1, vae_batch_size))])
-    latents = torch.nan_to_num(latents.float(), nan=0.0)
+        latents = encode_images(vae, batch.images, [str(p) for p in batch.paths], device, vae_batch_size)
     return (latents * vae.config.scaling_factor).to(dtype)
 
 
 def cache_latents(vae, dataset, device, batch_size: int, clear_device_cache: bool = True) -> dict:
-    """Encode every distinct image once (raw latent_dist.sample(), unscaled), kept on the CPU.
-    Without --highvram the device cache is cleared after each batch, as sd-scripts does."""
+    """Encode every distinct image once (raw latent_dist.sample(), unscaled, checked for non-finite values),
+    kept on the CPU. Without --highvram the device cache is cleared after each batch, as sd-scripts does."""
+    from sdxl_lora.data.vae_encode import encode_images
+
     cache = {}
-    with torch.no_grad():
-        for keys, images in dataset.iter_images_for_cache(batch_size):
-            out = vae.encode(images.to(device, dtype=vae.dtype)).latent_dist.sample().float().cpu()
-            cache.update(zip(keys, out, strict=True))
-            if clear_device_cache and torch.cuda.is_available():
-                torch.cuda.empty_cache()
+    for keys, images in dataset.iter_images_for_cache(batch_size):
+        names = [f"{key.path} (flipped)" if key.flip else str(key.path) for key in keys]
+        out = encode_images(vae, images, names, device, batch_size).cpu()
+        cache.update(zip(keys, out, strict=True))
+        if clear_device_cache and torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return cache
 
 
