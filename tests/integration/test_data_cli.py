@@ -8,7 +8,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from conftest import make_images, train_keeping_result, write_toml
+from helpers import make_images, train_keeping_result, write_toml
 from sdxl_lora.cli import main
 
 GENERAL = "[general]\nenable_bucket = true\nmin_bucket_reso = 32\nmax_bucket_reso = 128\nbucket_reso_steps = 32\n"
