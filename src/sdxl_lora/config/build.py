@@ -10,6 +10,12 @@ from pathlib import Path
 from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.optimizer_args import (
+    adafactor_relative_step,
+    is_schedule_free,
+    parse_key_values,
+    resolved_optimizer_type,
+)
 from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.schema import (
@@ -43,6 +49,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         raise ConfigError(problems)
     for note in notes:
         log.info("%s", note)
+    for warning in optimizer_warnings(values):
+        log.warning("%s", warning)
     return assemble(values, datasets)
 
 
@@ -64,9 +72,40 @@ def normalize(values: dict, given: frozenset[str]) -> tuple[dict, list[str]]:
     if v.get("seed") is None:
         v["seed"] = random.randint(0, 2**32 - 1)
         notes.append(f"--seed not given: using {v['seed']}")
+    notes += _optimizer_notes(v)
     v["text_encoder_lrs"] = text_encoder_lrs(v.get("text_encoder_lr"), v.get("text_encoder_lr1"),
                                              v.get("text_encoder_lr2"))
     return v, notes
+
+
+def _optimizer_notes(v: dict) -> list[str]:
+    """The optimizer settings sd-scripts changes on its own, made explicit (legacy flags, the scheduler
+    replaced). Sets v['lr_scheduler'] to 'adafactor' for Adafactor with relative_step."""
+    notes, optimizer = [], resolved_optimizer_type(v)
+    for flag in ("use_8bit_adam", "use_lion_optimizer"):
+        if v.get(flag) and not v.get("optimizer_type"):
+            notes.append(f"--{flag}: using --optimizer_type {optimizer}")
+    kwargs, _ = parse_key_values("optimizer_args", v.get("optimizer_args"))
+    if optimizer.lower() == "adafactor" and adafactor_relative_step(kwargs):
+        if v.get("lr_scheduler") != "adafactor":
+            notes.append(f"--optimizer_type Adafactor with relative_step (its default): the scheduler is "
+                         f"'adafactor' (was {v.get('lr_scheduler')}); --learning_rate is its initial LR; "
+                         "pass --optimizer_args relative_step=False to use --lr_scheduler")
+        v["lr_scheduler"] = "adafactor"
+    return notes
+
+
+def optimizer_warnings(v: dict) -> list[str]:
+    """Settings sd-scripts silently ignores with the chosen optimizer: we go on, saying so."""
+    warnings = []
+    if is_schedule_free(resolved_optimizer_type(v)):
+        if (v.get("lr_scheduler") or "constant") != "constant" or v.get("lr_scheduler_type"):
+            warnings.append("--lr_scheduler/--lr_scheduler_type are ignored: schedule-free optimizers keep a "
+                            "constant LR (as sd-scripts)")
+        if v.get("lr_warmup_steps"):
+            warnings.append("--lr_warmup_steps is ignored with a schedule-free optimizer (as sd-scripts); "
+                            "use --optimizer_args warmup_steps=N")
+    return warnings
 
 
 def text_encoder_lrs(shared, lr1, lr2) -> tuple[float | None, float | None]:
@@ -117,10 +156,18 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         prior_loss_weight=float(v.get("prior_loss_weight") if v.get("prior_loss_weight") is not None else 1.0),
     )
     optim = OptimConfig(
-        optimizer_type=v.get("optimizer_type") or "AdamW", learning_rate=float(v["learning_rate"]),
+        optimizer_type=resolved_optimizer_type(v), learning_rate=float(v["learning_rate"]),
         unet_lr=v.get("unet_lr"),
         text_encoder_lr=v["text_encoder_lrs"], max_grad_norm=float(v.get("max_grad_norm") or 0.0),
         lr_scheduler=v.get("lr_scheduler") or "constant", lr_warmup_steps=v.get("lr_warmup_steps") or 0,
+        optimizer_args=tuple(parse_key_values("optimizer_args", v.get("optimizer_args"))[0].items()),
+        lr_scheduler_type=v.get("lr_scheduler_type") or "",
+        lr_scheduler_args=tuple(parse_key_values("lr_scheduler_args", v.get("lr_scheduler_args"))[0].items()),
+        lr_decay_steps=v.get("lr_decay_steps") or 0,
+        lr_scheduler_num_cycles=int(v.get("lr_scheduler_num_cycles") or 1),
+        lr_scheduler_power=float(v.get("lr_scheduler_power") if v.get("lr_scheduler_power") is not None else 1.0),
+        lr_scheduler_timescale=v.get("lr_scheduler_timescale"),
+        lr_scheduler_min_lr_ratio=v.get("lr_scheduler_min_lr_ratio"),
     )
     train = TrainConfig(
         max_train_steps=int(v["max_train_steps"]), max_train_epochs=v.get("max_train_epochs"),

@@ -231,28 +231,32 @@ OPTIONS: tuple[Option, ...] = (
     Option("text_encoder_lr2", TRAINING, "float", None, status=WORKS,
            help=f"learning rate of text encoder 2's LoRA; not in sd-scripts ({TE_NAMES})"),
     Option("optimizer_type", TRAINING, "str", "", status=WORKS,
-           help="optimizer name (AdamW when empty; AdamW8bit, Adafactor, Lion, Prodigy, ...)"),
-    Option("use_8bit_adam", TRAINING, "flag", False, roadmap=LOOP,
+           help="optimizer name, any case (AdamW when empty; AdamW8bit, Adafactor, Lion, Prodigy, ...) or a class"
+                " path such as pytorch_optimizer.CAME"),
+    Option("use_8bit_adam", TRAINING, "flag", False, roadmap=LOOP, status=WORKS,
            help="legacy alias of --optimizer_type AdamW8bit"),
-    Option("use_lion_optimizer", TRAINING, "flag", False, roadmap=LOOP,
+    Option("use_lion_optimizer", TRAINING, "flag", False, roadmap=LOOP, status=WORKS,
            help="legacy alias of --optimizer_type Lion"),
-    Option("optimizer_args", TRAINING, "str", None, nargs="*", roadmap=LOOP,
-           help="key=value optimizer arguments, values as Python literals"),
+    Option("optimizer_args", TRAINING, "str", None, nargs="*", roadmap=LOOP, status=WORKS,
+           help="key=value optimizer arguments, values as Python literals (betas=0.9,0.99 weight_decay=0.01)"),
     Option("lr_scheduler", TRAINING, "str", "constant", status=WORKS,
-           help="learning-rate scheduler (constant, cosine, linear, constant_with_warmup, ...)"),
-    Option("lr_scheduler_type", TRAINING, "str", "", roadmap=LOOP,
+           help="learning-rate scheduler: constant, constant_with_warmup, linear, cosine, cosine_with_restarts,"
+                " polynomial, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay, piecewise_constant, adafactor"),
+    Option("lr_scheduler_type", TRAINING, "str", "", roadmap=LOOP, status=WORKS,
            help="custom scheduler class 'module.Class' or a torch.optim.lr_scheduler name"),
-    Option("lr_scheduler_args", TRAINING, "str", None, nargs="*", roadmap=LOOP,
-           help="key=value scheduler arguments, values as Python literals"),
+    Option("lr_scheduler_args", TRAINING, "str", None, nargs="*", roadmap=LOOP, status=WORKS,
+           help="key=value scheduler arguments, values as Python literals (step_rules='1:10,0.1')"),
     Option("lr_warmup_steps", TRAINING, "int_or_float", 0, status=WORKS,
            help="warmup steps: an integer, a fraction below 1 of all steps, or 'N%' of all steps"),
-    Option("lr_decay_steps", TRAINING, "int_or_float", 0, roadmap=LOOP,
-           help="decay steps, parsed like --lr_warmup_steps"),
-    Option("lr_scheduler_num_cycles", TRAINING, "int", 1, roadmap=LOOP, help="cosine_with_restarts cycles"),
-    Option("lr_scheduler_power", TRAINING, "float", 1, roadmap=LOOP, help="polynomial scheduler power"),
-    Option("lr_scheduler_timescale", TRAINING, "int", None, roadmap=LOOP,
+    Option("lr_decay_steps", TRAINING, "int_or_float", 0, roadmap=LOOP, status=WORKS,
+           help="decay steps of warmup_stable_decay, parsed like --lr_warmup_steps"),
+    Option("lr_scheduler_num_cycles", TRAINING, "int", 1, roadmap=LOOP, status=WORKS,
+           help="cosine_with_restarts cycles (half of it for cosine_with_min_lr and warmup_stable_decay)"),
+    Option("lr_scheduler_power", TRAINING, "float", 1, roadmap=LOOP, status=WORKS,
+           help="polynomial scheduler power"),
+    Option("lr_scheduler_timescale", TRAINING, "int", None, roadmap=LOOP, status=WORKS,
            help="inverse_sqrt scheduler timescale"),
-    Option("lr_scheduler_min_lr_ratio", TRAINING, "float", None, roadmap=LOOP,
+    Option("lr_scheduler_min_lr_ratio", TRAINING, "float", None, roadmap=LOOP, status=WORKS,
            help="minimum learning-rate ratio (cosine_with_min_lr, warmup_stable_decay)"),
     Option("fused_backward_pass", TRAINING, "flag", False, roadmap=LOOP,
            help="fuse the optimizer step into the backward pass (Adafactor, no gradient accumulation)"),
@@ -441,21 +445,22 @@ def _statuses(working: tuple[str, ...], not_yet: tuple[str, ...]) -> Mapping[str
 
 
 OPTIMIZERS = _statuses(
-    ("AdamW",),
-    ("AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
+    ("AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
      "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam",
      "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor", "RAdamScheduleFree",
      "AdamWScheduleFree", "SGDScheduleFree"),
+    (),
 )
 """--optimizer_type names of sd-scripts (spec 9.1; matched case-insensitively) -> WORKS or NOT_YET. Any other
-name (a 'module.Class' path) is not supported yet either. train.optim builds exactly the working ones."""
+name is a class path ('package.module.Class', or a torch.optim class). train.optim builds exactly these names."""
 
 SCHEDULERS = _statuses(
-    ("constant", "constant_with_warmup", "cosine", "linear"),
-    ("cosine_with_restarts", "polynomial", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
-     "piecewise_constant", "adafactor"),
+    ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial", "inverse_sqrt",
+     "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant", "adafactor"),
+    (),
 )
-"""--lr_scheduler names of sd-scripts (spec 9.2) -> WORKS or NOT_YET; any other name is not supported yet."""
+"""--lr_scheduler names of sd-scripts (spec 9.2) -> WORKS or NOT_YET; any other name is refused (other classes
+go through --lr_scheduler_type). train.schedulers builds exactly these names."""
 
 OPTIMIZERS_ROADMAP = LOOP
 """Roadmap capability that will bring the optimizers and schedulers marked NOT_YET."""

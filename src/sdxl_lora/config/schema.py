@@ -105,6 +105,22 @@ class OptimConfig:
     """Scheduler name."""
     lr_warmup_steps: int | float = 0
     """Warmup: an int is a step count, a float a fraction of the total steps (from 'N%' it may be 1 or more)."""
+    optimizer_args: tuple[tuple[str, object], ...] = ()
+    """--optimizer_args as (key, Python literal) pairs, in the order given."""
+    lr_scheduler_type: str = ""
+    """Custom scheduler class ('module.Class' or a torch.optim.lr_scheduler name); overrides lr_scheduler."""
+    lr_scheduler_args: tuple[tuple[str, object], ...] = ()
+    """--lr_scheduler_args as (key, Python literal) pairs: extra keyword arguments of the scheduler."""
+    lr_decay_steps: int | float = 0
+    """Decay steps of warmup_stable_decay, parsed like lr_warmup_steps."""
+    lr_scheduler_num_cycles: int = 1
+    """Cycles of cosine_with_restarts (halved for cosine_with_min_lr and warmup_stable_decay, as sd-scripts)."""
+    lr_scheduler_power: float = 1.0
+    """Power of the polynomial schedule."""
+    lr_scheduler_timescale: int | None = None
+    """Timescale of inverse_sqrt (None: the warmup steps, or 10,000 without warmup)."""
+    lr_scheduler_min_lr_ratio: float | None = None
+    """Floor of cosine_with_min_lr and warmup_stable_decay as a fraction of the LR."""
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,12 @@ import torch
 
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train import loss as losses
+from sdxl_lora.train.check import check_classes
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.noise import noisy_latents, sample_timesteps
-from sdxl_lora.train.optim import build_optimizer, build_scheduler, param_groups
-from sdxl_lora.train.steps import plan_steps, warmup_steps
+from sdxl_lora.train.optim import build_optimizer, param_groups, set_train_mode
+from sdxl_lora.train.schedulers import build_scheduler
+from sdxl_lora.train.steps import plan_steps
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.network.lora import apply_lora
 
     session_id, started_at = random.randint(0, 2**32), time.time()
+    check_classes(cfg)  # optimizer/scheduler packages and arguments, before any weight is read
     # A second run in the same process (tests, notebooks) may use another precision: forget the previous run's
     # mixed-precision state; the distributed (process group) state is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -87,8 +90,7 @@ def run(cfg: RunConfig) -> RunResult:
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
     optimizer = build_optimizer(cfg.optim, param_groups(cfg.optim, trainable))
-    scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
-                                warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
+    scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes)
     optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
     # Only models that train are prepared (DDP refuses a model without trainable parameters).
     unet = accelerator.prepare(models.unet) if cfg.network.train_unet else models.unet
@@ -146,6 +148,7 @@ def run(cfg: RunConfig) -> RunResult:
     progress.close()
 
     accelerator.wait_for_everyone()
+    set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
     path = saver.save_final(steps=global_step, epochs=plan.num_epochs) if accelerator.is_main_process else None
     accelerator.end_training()
     return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)

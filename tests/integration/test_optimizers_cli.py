@@ -1,0 +1,48 @@
+"""The real CLI trains the tiny SDXL with optimizers other than AdamW, their arguments and schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import make_images, train_keeping_result, write_toml
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("optim_data")
+    images = make_images(tmp / "images", [(64, 64), (64, 64)])
+    return write_toml(tmp / "dataset.toml", (
+        "[[datasets]]\nresolution = 64\nbatch_size = 2\n"
+        f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n"))
+
+
+def _train(tiny_model_dir, dataset, out, *extra):
+    argv = [f"--pretrained_model_name_or_path={tiny_model_dir}", f"--dataset_config={dataset}",
+            f"--output_dir={out}", "--network_module=networks.lora", "--network_dim=4", "--seed=1",
+            "--max_data_loader_n_workers=0", "--max_train_steps=3", "--network_train_unet_only", *extra]
+    code, result = train_keeping_result(argv)
+    assert code == 0
+    with safe_open(result.output_path, "pt") as f:
+        meta = f.metadata()
+        ups = [f.get_tensor(k) for k in f.keys() if k.endswith("lora_up.weight")]
+    assert all(torch.isfinite(t).all() for t in ups)
+    assert any(t.abs().sum() > 0 for t in ups), "LoRA up weights start at zero: some must have been trained"
+    return meta
+
+
+def test_adamw8bit_with_sd_scripts_arguments_and_a_restarting_schedule(tiny_model_dir, dataset, tmp_path):
+    meta = _train(tiny_model_dir, dataset, tmp_path, "--optimizer_type=AdamW8Bit", "--learning_rate=1e-3",
+                  "--optimizer_args", "betas=0.9,0.99", "weight_decay=0.01", "--lr_scheduler=cosine_with_restarts",
+                  "--lr_scheduler_num_cycles=2", "--lr_warmup_steps=1")
+    assert meta["ss_optimizer"] == "bitsandbytes.optim.adamw.AdamW8bit(betas=(0.9, 0.99),weight_decay=0.01)"
+    assert meta["ss_lr_scheduler"] == "cosine_with_restarts"
+
+
+def test_adafactor_with_relative_step_uses_the_adafactor_schedule(tiny_model_dir, dataset, tmp_path):
+    meta = _train(tiny_model_dir, dataset, tmp_path, "--optimizer_type=Adafactor", "--learning_rate=1e-3",
+                  "--optimizer_args", "scale_parameter=False", "warmup_init=False")
+    assert meta["ss_optimizer"] == ("transformers.optimization.Adafactor"
+                                    "(scale_parameter=False,warmup_init=False,relative_step=True)")
+    assert meta["ss_lr_scheduler"] == "adafactor"
