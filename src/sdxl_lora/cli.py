@@ -44,6 +44,8 @@ def _train_or_check(command: str, argv: list[str]) -> int:
     from sdxl_lora.config.build import build_run_config
     from sdxl_lora.config.parser import parse_command_line, write_output_config
 
+    if command == "train":
+        refuse_several_processes()
     as_json = command == "check" and "--json" in argv
     if as_json:
         argv = [a for a in argv if a != "--json"]
@@ -73,6 +75,25 @@ def _train_or_check(command: str, argv: list[str]) -> int:
               f"average loss first {first:.4f} -> last {last:.4f}")
         print(f"saved {result.output_path}")
     return 0
+
+
+# The process-count variables accelerate reads (torchrun / accelerate launch --multi_gpu, then MPI launchers).
+WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def refuse_several_processes() -> None:
+    """Distributed training does not exist yet: a launch of more than one process stops before anything is read
+    (steps, text_projection and NaN handling all assume one process). Every process exits 2; only rank 0 prints."""
+    import os
+
+    name, size = next(((v, os.environ[v]) for v in WORLD_SIZE_VARS if os.environ.get(v, "").strip()), ("", "1"))
+    if not size.strip().isdigit() or int(size) <= 1:
+        return
+    rank = next((os.environ[v] for v in RANK_VARS if os.environ.get(v, "").strip()), "0")
+    raise ConfigError([] if rank.strip() != "0" else [
+        f"{size} processes were launched ({name}={size}); distributed training is not supported yet: "
+        "launch one process (accelerate launch --num_processes 1, or python sdxl_train_network.py)"])
 
 
 def _tiny_model(argv: list[str]) -> int:

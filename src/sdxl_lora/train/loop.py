@@ -41,7 +41,6 @@ class RunResult:
 def run(cfg: RunConfig) -> RunResult:
     """Train one LoRA as configured and write it; returns where it went and the per-step losses."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from sdxl_lora.data.dataset import build_train_dataset, collate_first
@@ -51,9 +50,6 @@ def run(cfg: RunConfig) -> RunResult:
 
     session_id, started_at = random.randint(0, 2**32), time.time()
     check_classes(cfg)  # optimizer/scheduler packages and arguments, before any weight is read
-    # A second run in the same process (tests, notebooks) may use another precision: forget the previous run's
-    # mixed-precision state; the distributed (process group) state is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
@@ -112,11 +108,15 @@ def run(cfg: RunConfig) -> RunResult:
         unet.train()
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
-                latents = batch_latents(batch, models.vae, accelerator.device, weight_dtype,
+                # Latents and the noise drawn like them are in the VAE dtype (float32 with --no_half_vae), and
+                # so is the loss target; only the U-Net input is cast to the weight dtype (spec 5.2, 5.6).
+                latents = batch_latents(batch, models.vae, accelerator.device, placement.vae_dtype,
                                         cfg.data.vae_batch_size)
                 with accelerator.autocast():
                     context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
-                time_ids = size_conditioning(batch).to(accelerator.device, weight_dtype)
+                # The six size integers stay float32 (bf16 would turn 1365 into 1368); the U-Net casts only
+                # their sinusoidal embedding to its dtype.
+                time_ids = size_conditioning(batch).to(accelerator.device, torch.float32)
                 noise = torch.randn_like(latents)
                 timesteps = sample_timesteps(latents.shape[0], 0, 1000, latents.device)
                 noisy = noisy_latents(alphas_cumprod, latents, noise, timesteps)
