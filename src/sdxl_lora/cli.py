@@ -8,8 +8,10 @@ plan without loading any model), `tiny-model OUT_DIR` (write a tiny random SDXL 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from sdxl_lora.config.errors import ConfigError, UserInputError
 from sdxl_lora.train.errors import TrainingDiverged
@@ -66,9 +68,11 @@ def _train_or_check(command: str, argv: list[str]) -> int:
 
         print(render_plan(cfg, as_json=as_json))
         return 0
-    from sdxl_lora.train.loop import loss_summary, run
+    with optional_imports_off(needed=needs_bitsandbytes(cfg.optim.optimizer_type)):
+        quiet_libraries(verbose=log.isEnabledFor(logging.DEBUG))
+        from sdxl_lora.train.loop import loss_summary, run
 
-    result = run(cfg)
+        result = run(cfg)
     if result.output_path is not None:
         first, last = loss_summary(result.losses)
         print(f"trained {result.steps} steps in {result.epochs} epochs; "
@@ -108,9 +112,11 @@ def _tiny_model(argv: list[str]) -> int:
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         print(f"sdxl-lora: error: {args.out_dir} exists and is not empty", file=sys.stderr)
         return 2
-    from sdxl_lora.models.tiny import save_tiny_model
+    with optional_imports_off():
+        quiet_libraries()
+        from sdxl_lora.models.tiny import save_tiny_model
 
-    print(f"wrote {save_tiny_model(args.out_dir, seed=args.seed)}")
+        print(f"wrote {save_tiny_model(args.out_dir, seed=args.seed)}")
     return 0
 
 
@@ -126,15 +132,15 @@ def _convert(argv: list[str]) -> int:
     parser.add_argument("--dtype", choices=("float", "fp16", "bf16"), default=None,
                         help="tensor dtype of a written single file (default: as stored)")
     args = parser.parse_args(argv)
-    import torch
+    with optional_imports_off():
+        quiet_libraries()
+        from sdxl_lora.common.dtypes import dtype_named
+        from sdxl_lora.models.single_file import convert_to_diffusers, write_single_file
 
-    from sdxl_lora.models.single_file import convert_to_diffusers, write_single_file
-
-    if args.source.is_dir():
-        dtype = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-        print(f"wrote {write_single_file(args.source, args.target, dtype)}")
-    else:
-        print(f"wrote {convert_to_diffusers(args.source, args.target)}")
+        if args.source.is_dir():
+            print(f"wrote {write_single_file(args.source, args.target, dtype_named(args.dtype))}")
+        else:
+            print(f"wrote {convert_to_diffusers(args.source, args.target)}")
     return 0
 
 
@@ -155,6 +161,49 @@ def setup_logging(values: dict, json_on_stdout: bool = False) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Silence library chatter that tells a user nothing: transformers and diffusers log errors only (warnings too
+    with --console_log_level DEBUG) and draw no progress bars, and bitsandbytes' kernel probe is not logged; our
+    step bar and one line per model-loading phase (models/phases.py) say what happens. Called when a command
+    starts, never when a module is imported."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    level = logging.WARNING if verbose else logging.ERROR
+    for library in (transformers_logging, diffusers_logging):
+        library.set_verbosity(level)
+        library.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(level)
+
+
+def needs_bitsandbytes(optimizer_type: str) -> bool:
+    """sd-scripts' bitsandbytes optimizers: AdamW8bit, Lion8bit, SGDNesterov8bit, AdEMAMix8bit, the Paged* ones,
+    or a `bitsandbytes.optim.<Class>` path."""
+    name = optimizer_type.lower()
+    return "8bit" in name or name.startswith(("paged", "bitsandbytes."))
+
+
+@contextlib.contextmanager
+def optional_imports_off(needed: bool = False) -> Iterator[None]:
+    """Keep bitsandbytes unimported during the block unless `needed`.
+
+    diffusers, transformers and peft import it whenever it is installed (it costs seconds, and on CPUs with
+    AVX512-BF16 it logs a failed kernel download). A None entry in sys.modules makes `importlib.util.find_spec`
+    answer "not installed", which is what those libraries check, once, when they are first imported; so it is
+    set only in a process that has not imported them yet (a fresh command; not a notebook or test session that
+    already has them). The entry is removed afterwards, so a later run in the same process may still import it.
+    """
+    probing = ("diffusers", "transformers", "peft", "accelerate", "bitsandbytes")
+    block = not needed and not any(name in sys.modules for name in probing)
+    if block:
+        sys.modules["bitsandbytes"] = None
+    try:
+        yield
+    finally:
+        if block and "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+            del sys.modules["bitsandbytes"]
 
 
 if __name__ == "__main__":

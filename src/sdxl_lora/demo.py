@@ -52,22 +52,26 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, images, toml = work / "tiny-sdxl", work / "images", work / "dataset.toml"
 
     from sdxl_lora.cli import main as cli_main
-    from sdxl_lora.models.tiny import save_tiny_model
+    from sdxl_lora.cli import optional_imports_off, quiet_libraries
 
-    if not (model_dir / "model_index.json").exists():
-        print(f"building the tiny SDXL model in {model_dir}")
-        save_tiny_model(model_dir)
-    draw_dataset(images)
-    write_dataset_toml(toml, images)
-    print(f"training on {len(list(images.glob('*.png')))} drawn images ({toml})")
-    return cli_main([
-        f"--pretrained_model_name_or_path={model_dir}", f"--dataset_config={toml}",
-        f"--output_dir={work / 'output'}", "--output_name=demo_lora", "--network_module=networks.lora",
-        "--network_dim=8", "--network_alpha=8", "--learning_rate=5e-3", "--optimizer_type=AdamW",
-        "--lr_scheduler=cosine", f"--max_train_steps={args.steps}", "--seed=42", "--mixed_precision=no",
-        "--save_model_as=safetensors", "--max_data_loader_n_workers=0", "--cache_latents",
-    ])
+    # The model is built and trained in this one process, so the quiet start is set up once, for both.
+    with optional_imports_off():
+        quiet_libraries()
+        from sdxl_lora.models.tiny import save_tiny_model
 
+        if not (model_dir / "model_index.json").exists():
+            print(f"building the tiny SDXL model in {model_dir}")
+            save_tiny_model(model_dir)
+        draw_dataset(images)
+        write_dataset_toml(toml, images)
+        print(f"training on {len(list(images.glob('*.png')))} drawn images ({toml})")
+        return cli_main([
+            f"--pretrained_model_name_or_path={model_dir}", f"--dataset_config={toml}",
+            f"--output_dir={work / 'output'}", "--output_name=demo_lora", "--network_module=networks.lora",
+            "--network_dim=8", "--network_alpha=8", "--learning_rate=5e-3", "--optimizer_type=AdamW",
+            "--lr_scheduler=cosine", f"--max_train_steps={args.steps}", "--seed=42", "--mixed_precision=no",
+            "--save_model_as=safetensors", "--max_data_loader_n_workers=0", "--cache_latents",
+        ])
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,12 +10,12 @@ compile backend. What sd-scripts would fail on is an error naming the file and k
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import tomli
 
+from sdxl_lora.common.files import atomic_path
 from sdxl_lora.config.errors import ConfigError, Problems, did_you_mean
 from sdxl_lora.config.options import OPTIONS, OPTIONS_BY_NAME, Option
 
@@ -212,9 +212,8 @@ def write_config_file(values: Mapping[str, object], path: str | Path) -> Path:
     if not path.parent.is_dir():
         raise ConfigError(f"--output_config: folder {path.parent} does not exist")
     text = render_output_config(values)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return path
 
 

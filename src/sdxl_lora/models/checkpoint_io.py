@@ -13,17 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import pickle
 import re
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from sdxl_lora.common.files import atomic_path
 from sdxl_lora.models.errors import ModelLoadError
 
 SAFETENSORS_DTYPES = {
@@ -185,21 +184,6 @@ def content_problem(keys: Sequence[str]) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def atomic_target(out: Path) -> Iterator[Path]:
-    """A temporary path beside `out`; renamed onto `out` when the block succeeds, removed when it fails."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def write_safetensors(out: Path, specs: Sequence[tuple[str, torch.Tensor]], tensor_for: Callable[[str], torch.Tensor],
                       metadata: Mapping[str, str] | None = None) -> None:
     """Stream a .safetensors file: `specs` gives (name, tensor or meta tensor) for the header, in write order;
@@ -214,7 +198,7 @@ def write_safetensors(out: Path, specs: Sequence[tuple[str, torch.Tensor]], tens
         header["__metadata__"] = dict(metadata)
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % ALIGN)
-    with atomic_target(out) as tmp, open(tmp, "wb") as f:
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
         for name, spec in specs:
@@ -227,5 +211,5 @@ def write_safetensors(out: Path, specs: Sequence[tuple[str, torch.Tensor]], tens
 
 def write_torch_checkpoint(out: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """A .ckpt as the original SDXL release has them: {"state_dict": tensors}, plus string metadata entries."""
-    with atomic_target(out) as tmp:
+    with atomic_path(out) as tmp:
         torch.save({"state_dict": {k: v.contiguous() for k, v in tensors.items()}, **metadata}, tmp)

@@ -21,6 +21,7 @@ from sdxl_lora.config.sources import FLAG, SINGLE_FILE_SUFFIXES, detect_source
 from sdxl_lora.models.errors import ModelLoadError
 from sdxl_lora.models.folder import load_component
 from sdxl_lora.models.hub import resolve_cached
+from sdxl_lora.models.phases import loading
 from sdxl_lora.models.precision import load_dtypes, plan_placement
 from sdxl_lora.models.single_file import read_single_file, read_vae_file
 
@@ -72,12 +73,16 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | str | None = None) -> Sdx
             tokenizers = _offline_tokenizers()
         else:
             root = _diffusers_root(source, kind)
-            parts = {c: load_component(root, c, dtypes[c], target) for c in wanted}
+            parts = {}
+            for c in wanted:
+                with loading(c):
+                    parts[c] = load_component(root, c, dtypes[c], target)
             tokenizers = _folder_tokenizers(root)
     except ModelLoadError as err:
         raise err.for_flag(FLAG) from None
     if cfg.vae:
-        parts["vae"] = load_vae(cfg.vae, dtypes["vae"], target, mmap=not cfg.disable_mmap_load_safetensors)
+        with loading("vae"):
+            parts["vae"] = load_vae(cfg.vae, dtypes["vae"], target, mmap=not cfg.disable_mmap_load_safetensors)
     return SdxlModels(unet=parts["unet"], vae=parts["vae"], text_encoder_1=parts["te1"],
                       text_encoder_2=parts["te2"], tokenizer_1=tokenizers[0], tokenizer_2=tokenizers[1],
                       noise_scheduler=training_noise_scheduler())

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sdxl_lora.common.dtypes import dtype_named
 from sdxl_lora.config.schema import ModelConfig
 from sdxl_lora.models.fp8 import FP8, store_in_fp8
 
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the layer types peft puts LoRA on
 UNET_KEEP = ("conv_in",)  # stays in W with fp8, so unet.dtype reports W (module docstring)
 
@@ -68,7 +68,7 @@ class Placement:
 
 def plan_placement(cfg: ModelConfig, device: torch.device | str = "cpu") -> Placement:
     """The placement the flags ask for (the table in the module docstring); no model is touched."""
-    weight = WEIGHT_DTYPES[cfg.mixed_precision]
+    weight = dtype_named(cfg.mixed_precision)
     return Placement(
         device=torch.device(device),
         weight_dtype=weight,

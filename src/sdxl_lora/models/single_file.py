@@ -9,13 +9,12 @@ Configs come from the file when it records them, else from SDXL base's shipped c
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
+from sdxl_lora.common.files import atomic_folder
 from sdxl_lora.models import configs as cfgs
 from sdxl_lora.models.checkpoint_io import (
     Checkpoint,
@@ -26,6 +25,7 @@ from sdxl_lora.models.checkpoint_io import (
 )
 from sdxl_lora.models.errors import ModelLoadError
 from sdxl_lora.models.folder import folder_configs, load_component
+from sdxl_lora.models.phases import loading
 from sdxl_lora.models.sgm_layout import (
     COMPONENTS,
     FILE_PREFIX,
@@ -107,8 +107,12 @@ def read_single_file(path: Path, *, dtypes: Mapping[str, torch.dtype | None] | N
         if absent := [c for c in components if not groups[c]]:
             raise ModelLoadError(f"{path}: has no {DESCRIPTION[absent[0]]}")
         configs = _configs(ckpt, groups, components, config_dir)
-        return {c: load_from_checkpoint(ckpt, layout_for(c, groups[c]), groups[c], FILE_PREFIX[c], configs[c],
-                                        dtypes.get(c), device) for c in components}
+        models = {}
+        for c in components:
+            with loading(c):
+                models[c] = load_from_checkpoint(ckpt, layout_for(c, groups[c]), groups[c], FILE_PREFIX[c],
+                                                 configs[c], dtypes.get(c), device)
+        return models
 
 
 def _configs(ckpt: Checkpoint, groups: dict[str, list[str]], components: tuple[str, ...],
@@ -199,13 +203,6 @@ def convert_to_diffusers(single_file: Path, out_dir: Path, config_dir: Path | No
     pipe = StableDiffusionXLPipeline(vae=parts["vae"], text_encoder=parts["te1"], text_encoder_2=parts["te2"],
                                      tokenizer=tok1, tokenizer_2=tok2, unet=parts["unet"], scheduler=scheduler,
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        if out.exists():
-            out.rmdir()
-        tmp.replace(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

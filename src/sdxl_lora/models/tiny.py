@@ -7,12 +7,11 @@ in blocks 1 and 2, text_time addition embedding, two CLIP encoders, 4-channel VA
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from sdxl_lora.common.files import atomic_folder
 
 TE1_HIDDEN, TE2_HIDDEN, TE2_PROJECTION, TIME_DIM = 32, 64, 64, 8
 SDXL_VAE_SCALE = 0.13025
@@ -74,13 +73,6 @@ def save_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         build_tiny_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -1,4 +1,4 @@
-"""Kohya-format LoRA state dicts (spec 3.2, 3.4) from and into peft adapters, and atomic safetensors writing.
+"""Kohya-format LoRA state dicts (spec 3.2, 3.4) from and into peft adapters, and writing LoRA files.
 
 Per module: `<kohya name>.lora_down.weight` (peft lora_A), `.lora_up.weight` (lora_B) and `.alpha`, a 0-dim
 tensor holding the module's true lora_alpha (float32, or save_dtype when given, as sd-scripts does).
@@ -7,13 +7,13 @@ tensor holding the module's true lora_alpha (float32, or save_dtype when given, 
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
+from sdxl_lora.common.files import atomic_path
 from sdxl_lora.network.keys import kohya_name, parse_kohya_name
 from sdxl_lora.network.lora import LoraHandles, lora_layers
 
@@ -112,20 +112,24 @@ def load_kohya_into(handles: LoraHandles, state_dict: dict[str, torch.Tensor]) -
 
 
 def save_lora_file(
-    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
+    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write a safetensors file with metadata: to a temporary file beside it, then renamed into place."""
-    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    """Write a LoRA file whole or not at all (temporary name, then renamed into place).
+
+    `.safetensors` carries the metadata; any other suffix (`.ckpt`, `.pt`) is a pickled state dict of the same
+    keys without metadata, as sd-scripts writes it (spec 1.10), readable with `torch.load(weights_only=True)`.
+    """
+    path = Path(path)
+    tensors = {k: v.contiguous() for k, v in state_dict.items()}
+    if path.suffix.lower() != ".safetensors":
+        if metadata:
+            raise ValueError(f"{path.name}: a pickled LoRA file holds no metadata; pass none")
+        with atomic_path(path) as tmp:
+            torch.save(tensors, tmp)
+        return path
+    bad = [k for k, v in (metadata or {}).items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"safetensors metadata values must be str; not so for {bad}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Named by hand rather than mkstemp, so that the file gets the usual (umask) permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
     return path

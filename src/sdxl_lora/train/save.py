@@ -1,16 +1,13 @@
-"""Writing LoRA files: names (spec 7.1), dtype, metadata (spec 4). Files appear atomically."""
+"""Writing LoRA files: names (spec 7.1), dtype, metadata (spec 4; none in .ckpt/.pt). Files appear atomically."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import torch
-
+from sdxl_lora.common.dtypes import dtype_named
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.network import metadata as md
-
-SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def final_name(output_name: str | None, ext: str) -> str:
@@ -46,12 +43,12 @@ class RunSaver:
 
         out_dir = Path(self.cfg.save.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        state = kohya_state_dict(self.handles, save_dtype=SAVE_DTYPES[self.cfg.save.save_precision])
-        meta = md.at_save(self.base_metadata, self.args, steps=steps, epoch=epoch, now=time.time())
-        meta = md.with_sshs_hashes(state, meta)
+        state = kohya_state_dict(self.handles, save_dtype=dtype_named(self.cfg.save.save_precision))
         path = out_dir / file_name
-        save_lora_file(path, state, meta)
-        return path
+        if path.suffix != ".safetensors":  # ckpt/pt: a pickled state dict, no metadata (spec 1.10, 4.4)
+            return save_lora_file(path, state)
+        meta = md.at_save(self.base_metadata, self.args, steps=steps, epoch=epoch, now=time.time())
+        return save_lora_file(path, state, md.with_sshs_hashes(state, meta))
 
 
 def _optimizer_name(optimizer, cfg: RunConfig) -> str:

@@ -1,0 +1,53 @@
+"""Outputs appear whole or not at all: write to a temporary name beside the target, then rename it into place.
+
+The temporary name is made by hand (hidden, with the process id and a random part), not by `tempfile`, so the
+file or folder gets the usual permissions (umask) rather than tempfile's owner-only ones. It sits in the target's
+folder, so the final rename never crosses a file system and is atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _temporary_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """A path beside `target` for the block to write one file to; renamed onto `target` when the block succeeds
+    (replacing an existing file), removed when it fails. Creates the target's folder when needed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """An empty folder beside `target` for the block to fill; renamed to `target` when the block succeeds, removed
+    with its contents when it fails. `target` must not exist or be an empty folder (FileExistsError otherwise)."""
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not an empty folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(target)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
