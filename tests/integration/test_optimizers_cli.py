@@ -46,3 +46,28 @@ def test_adafactor_with_relative_step_uses_the_adafactor_schedule(tiny_model_dir
     assert meta["ss_optimizer"] == ("transformers.optimization.Adafactor"
                                     "(scale_parameter=False,warmup_init=False,relative_step=True)")
     assert meta["ss_lr_scheduler"] == "adafactor"
+
+
+def test_noise_and_loss_options_reach_the_training_step(tiny_model_dir, dataset, tmp_path, monkeypatch):
+    """The real loop with most step options on: every loss call sees timesteps in [100, 900), the configured
+    loss and the v-prediction target; the run trains and the file is finite."""
+    from sdxl_lora.train import loss as losses
+
+    seen = []
+    real = losses.training_loss
+
+    def spy(pred, target, timesteps, **kwargs):
+        seen.append((timesteps.clone(), kwargs["cfg"], float(kwargs["alphas_cumprod"][-1])))
+        return real(pred, target, timesteps, **kwargs)
+
+    monkeypatch.setattr(losses, "training_loss", spy)
+    _train(tiny_model_dir, dataset, tmp_path, "--learning_rate=1e-3", "--noise_offset=0.05",
+           "--adaptive_noise_scale=0.01", "--multires_noise_iterations=3", "--ip_noise_gamma=0.1",
+           "--ip_noise_gamma_random_strength", "--min_timestep=100", "--max_timestep=900", "--loss_type=huber",
+           "--huber_schedule=snr", "--min_snr_gamma=5", "--v_parameterization", "--zero_terminal_snr",
+           "--debiased_estimation_loss")
+    assert len(seen) == 3
+    for timesteps, cfg, last_alpha in seen:
+        assert ((timesteps >= 100) & (timesteps < 900)).all()
+        assert cfg.loss_type == "huber" and cfg.v_parameterization and cfg.min_snr_gamma == 5
+        assert last_alpha == 0.0  # zero terminal SNR

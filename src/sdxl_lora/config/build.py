@@ -20,8 +20,10 @@ from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.schema import (
     DataConfig,
+    LossConfig,
     ModelConfig,
     NetworkConfig,
+    NoiseConfig,
     OptimConfig,
     RunConfig,
     SaveConfig,
@@ -96,8 +98,11 @@ def _optimizer_notes(v: dict) -> list[str]:
 
 
 def optimizer_warnings(v: dict) -> list[str]:
-    """Settings sd-scripts silently ignores with the chosen optimizer: we go on, saying so."""
+    """Settings sd-scripts ignores or warns about with the chosen optimizer and target: we go on, saying so."""
     warnings = []
+    if v.get("zero_terminal_snr") and not v.get("v_parameterization"):
+        warnings.append("--zero_terminal_snr without --v_parameterization: the last timestep is pure noise, which "
+                        "an epsilon-prediction model cannot denoise (sd-scripts warns the same)")
     if is_schedule_free(resolved_optimizer_type(v)):
         if (v.get("lr_scheduler") or "constant") != "constant" or v.get("lr_scheduler_type"):
             warnings.append("--lr_scheduler/--lr_scheduler_type are ignored: schedule-free optimizers keep a "
@@ -179,7 +184,39 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         save_model_as=v.get("save_model_as") or "safetensors", save_precision=v.get("save_precision"),
         no_metadata=bool(v.get("no_metadata")), training_comment=v.get("training_comment"),
     )
-    return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v))
+    return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
+                     noise=noise_config(v), loss=loss_config(v))
+
+
+def noise_config(v: dict) -> NoiseConfig:
+    """Timestep range and noise options (spec 1.9); unset numbers take sd-scripts' defaults."""
+    return NoiseConfig(
+        min_timestep=int(v.get("min_timestep") or 0),
+        max_timestep=int(v["max_timestep"] if v.get("max_timestep") is not None else 1000),
+        noise_offset=v.get("noise_offset"), noise_offset_random_strength=bool(v.get("noise_offset_random_strength")),
+        adaptive_noise_scale=v.get("adaptive_noise_scale"),
+        multires_noise_iterations=v.get("multires_noise_iterations"),
+        multires_noise_discount=float(_default(v, "multires_noise_discount", 0.3)),
+        ip_noise_gamma=v.get("ip_noise_gamma"),
+        ip_noise_gamma_random_strength=bool(v.get("ip_noise_gamma_random_strength")),
+        zero_terminal_snr=bool(v.get("zero_terminal_snr")),
+    )
+
+
+def loss_config(v: dict) -> LossConfig:
+    """Target, loss type and weightings (spec 1.9, 5.3, 5.4)."""
+    return LossConfig(
+        v_parameterization=bool(v.get("v_parameterization")), loss_type=v.get("loss_type") or "l2",
+        huber_schedule=v.get("huber_schedule") or "snr", huber_c=float(_default(v, "huber_c", 0.1)),
+        huber_scale=float(_default(v, "huber_scale", 1.0)), min_snr_gamma=v.get("min_snr_gamma"),
+        scale_v_pred_loss_like_noise_pred=bool(v.get("scale_v_pred_loss_like_noise_pred")),
+        v_pred_like_loss=v.get("v_pred_like_loss"),
+        debiased_estimation_loss=bool(v.get("debiased_estimation_loss")), masked_loss=bool(v.get("masked_loss")),
+    )
+
+
+def _default(v: dict, name: str, default):
+    return v[name] if v.get(name) is not None else default
 
 
 def _path_or_none(value) -> Path | None:

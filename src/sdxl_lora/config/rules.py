@@ -145,6 +145,14 @@ def _noise_and_loss(v: dict) -> list[str]:
         out.append(f"--max_timestep={hi}: must be in [0, 1000]")
     if lo is not None and hi is not None and lo > hi:
         out.append(f"--min_timestep={lo} is above --max_timestep={hi}")
+    huber_c = v.get("huber_c")
+    if v.get("loss_type") in ("huber", "smooth_l1") and huber_c is not None and not 0 < huber_c <= 1:
+        out.append(f"--huber_c={huber_c}: must be in (0, 1] (the exponential and snr schedules need it)")
+    for name in ("min_snr_gamma", "ip_noise_gamma", "multires_noise_discount", "huber_scale"):
+        if v.get(name) is not None and not (v[name] >= 0 and math.isfinite(v[name])):
+            out.append(f"--{name}={v[name]}: must be a finite number, not negative")
+    if v.get("multires_noise_iterations") is not None and v["multires_noise_iterations"] < 0:
+        out.append(f"--multires_noise_iterations={v['multires_noise_iterations']}: must not be negative")
     return out
 
 

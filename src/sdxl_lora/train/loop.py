@@ -16,9 +16,9 @@ import torch
 
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train import loss as losses
+from sdxl_lora.train import noise as noise_math
 from sdxl_lora.train.check import check_classes
 from sdxl_lora.train.errors import TrainingDiverged
-from sdxl_lora.train.noise import noisy_latents, sample_timesteps
 from sdxl_lora.train.optim import build_optimizer, param_groups, set_train_mode
 from sdxl_lora.train.schedulers import build_scheduler
 from sdxl_lora.train.steps import plan_steps
@@ -61,7 +61,6 @@ def run(cfg: RunConfig) -> RunResult:
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
-    weight_dtype = placement.weight_dtype
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
     if cfg.data.cache_latents:
@@ -99,7 +98,9 @@ def run(cfg: RunConfig) -> RunResult:
 
     saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
                      optimizer=optimizer)
-    alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
+    parts = step_parts(models, unet, te1, te2, accelerator, placement, cfg)
+    # A dedicated generator for timesteps and noise (one stream per process), separate from data shuffling.
+    noise_generator = torch.Generator(accelerator.device).manual_seed(cfg.train.seed + accelerator.process_index)
     step_losses: list[float] = []
     progress = _progress(plan.max_train_steps, accelerator.is_main_process)
     global_step = 0
@@ -108,24 +109,7 @@ def run(cfg: RunConfig) -> RunResult:
         unet.train()
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
-                # Latents and the noise drawn like them are in the VAE dtype (float32 with --no_half_vae), and
-                # so is the loss target; only the U-Net input is cast to the weight dtype (spec 5.2, 5.6).
-                latents = batch_latents(batch, models.vae, accelerator.device, placement.vae_dtype,
-                                        cfg.data.vae_batch_size)
-                with accelerator.autocast():
-                    context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
-                # The six size integers stay float32 (bf16 would turn 1365 into 1368); the U-Net casts only
-                # their sinusoidal embedding to its dtype.
-                time_ids = size_conditioning(batch).to(accelerator.device, torch.float32)
-                noise = torch.randn_like(latents)
-                timesteps = sample_timesteps(latents.shape[0], 0, 1000, latents.device)
-                noisy = noisy_latents(alphas_cumprod, latents, noise, timesteps)
-                with accelerator.autocast():
-                    pred = unet(noisy.to(weight_dtype), timesteps, context.to(weight_dtype),
-                                added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids}
-                                ).sample
-                per_sample = losses.per_sample_l2(pred, noise, batch.get("alpha_masks"))
-                loss = losses.weighted_mean(per_sample, batch["loss_weights"].to(accelerator.device))
+                loss = training_step(batch, parts, cfg, noise_generator)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm:
                     accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
@@ -152,6 +136,60 @@ def run(cfg: RunConfig) -> RunResult:
     path = saver.save_final(steps=global_step, epochs=plan.num_epochs) if accelerator.is_main_process else None
     accelerator.end_training()
     return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """What a training step reads besides the batch; built once per run."""
+
+    models: object
+    unet: object
+    te1: object
+    te2: object
+    accelerator: object
+    alphas_cumprod: torch.Tensor
+    """The noise schedule (rescaled with --zero_terminal_snr)."""
+    snr: torch.Tensor
+    """SNR of the original schedule: sd-scripts computes it before the zero-terminal rescale (spec 5.1)."""
+    weight_dtype: torch.dtype
+    vae_dtype: torch.dtype
+
+
+def step_parts(models, unet, te1, te2, accelerator, placement, cfg: RunConfig) -> StepParts:
+    alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
+    snr_table = noise_math.snr(alphas_cumprod)
+    if cfg.noise.zero_terminal_snr:
+        alphas_cumprod = noise_math.zero_terminal_snr(alphas_cumprod)
+    return StepParts(models, unet, te1, te2, accelerator, alphas_cumprod, snr_table, placement.weight_dtype,
+                     placement.vae_dtype)
+
+
+def training_step(batch: dict, parts: StepParts, cfg: RunConfig, generator: torch.Generator) -> torch.Tensor:
+    """One micro-batch's loss (spec 5.2 to 5.4): latents and conditioning, then timesteps and noise, the U-Net
+    prediction, the target and the loss, each from a pure function of noise.py / loss.py."""
+    acc, wd = parts.accelerator, parts.weight_dtype
+    # Latents and the noise drawn like them are in the VAE dtype (float32 with --no_half_vae), and so is the
+    # loss target; only the U-Net input is cast to the weight dtype (spec 5.2, 5.6).
+    latents = batch_latents(batch, parts.models.vae, acc.device, parts.vae_dtype, cfg.data.vae_batch_size)
+    with acc.autocast():
+        context, pooled = encode_text(batch["captions"], parts.models, parts.te1, parts.te2, cfg)
+    # The six size integers stay float32 (bf16 would turn 1365 into 1368); the U-Net casts only their
+    # sinusoidal embedding to its dtype.
+    time_ids = size_conditioning(batch).to(acc.device, torch.float32)
+    # Draw order as sd-scripts: noise (offset, pyramid), timesteps, input perturbation.
+    noise = noise_math.draw_noise(latents, cfg.noise, generator)
+    timesteps = noise_math.sample_timesteps(latents.shape[0], cfg.noise.min_timestep, cfg.noise.max_timestep,
+                                            latents.device, generator)
+    noisy = noise_math.noisy_latents(parts.alphas_cumprod, latents,
+                                     noise_math.input_perturbation(noise, cfg.noise, generator), timesteps)
+    with acc.autocast():
+        pred = parts.unet(noisy.to(wd), timesteps, context.to(wd),
+                          added_cond_kwargs={"text_embeds": pooled.to(wd), "time_ids": time_ids}).sample
+    target = (noise_math.velocity(parts.alphas_cumprod, latents, noise, timesteps)
+              if cfg.loss.v_parameterization else noise)
+    mask = batch.get("masks", batch.get("alpha_masks"))
+    return losses.training_loss(pred, target, timesteps, cfg=cfg.loss, alphas_cumprod=parts.alphas_cumprod,
+                                snr_table=parts.snr, loss_weights=batch["loss_weights"], mask=mask)
 
 
 def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]) -> str:

@@ -108,3 +108,31 @@ def test_the_frozen_config_carries_the_parsed_arguments_and_the_adafactor_schedu
 def test_unparsable_arguments_fail_before_anything_loads(tmp_path):
     with pytest.raises(ConfigError, match="--optimizer_args decay=linear: the value 'linear'"):
         _config(tmp_path, "--optimizer_args", "decay=linear")
+
+
+def test_noise_and_loss_options_reach_their_frozen_sub_configs(tmp_path):
+    cfg = _config(tmp_path, "--noise_offset=0.05", "--noise_offset_random_strength", "--adaptive_noise_scale=0.01",
+                  "--multires_noise_iterations=6", "--multires_noise_discount=0.2", "--ip_noise_gamma=0.1",
+                  "--ip_noise_gamma_random_strength", "--min_timestep=100", "--max_timestep=900",
+                  "--zero_terminal_snr", "--v_parameterization", "--loss_type=smooth_l1",
+                  "--huber_schedule=exponential", "--huber_c=0.2", "--huber_scale=1.5", "--min_snr_gamma=5",
+                  "--scale_v_pred_loss_like_noise_pred", "--debiased_estimation_loss")
+    n, loss = cfg.noise, cfg.loss
+    assert (n.noise_offset, n.noise_offset_random_strength, n.adaptive_noise_scale) == (0.05, True, 0.01)
+    assert (n.multires_noise_iterations, n.multires_noise_discount) == (6, 0.2)
+    assert (n.ip_noise_gamma, n.ip_noise_gamma_random_strength, n.zero_terminal_snr) == (0.1, True, True)
+    assert (n.min_timestep, n.max_timestep) == (100, 900)
+    assert (loss.v_parameterization, loss.loss_type, loss.huber_schedule) == (True, "smooth_l1", "exponential")
+    assert (loss.huber_c, loss.huber_scale, loss.min_snr_gamma) == (0.2, 1.5, 5.0)
+    assert loss.scale_v_pred_loss_like_noise_pred and loss.debiased_estimation_loss
+    defaults = _config(tmp_path)
+    assert (defaults.noise.min_timestep, defaults.noise.max_timestep, defaults.loss.loss_type) == (0, 1000, "l2")
+
+
+def test_noise_and_loss_rules():
+    problems = _problems("--adaptive_noise_scale=0.1", "--v_pred_like_loss=0.5", "--v_parameterization",
+                         "--loss_type=huber", "--huber_c=0", "--min_snr_gamma=-1")
+    assert "--adaptive_noise_scale needs --noise_offset" in problems
+    assert "--v_pred_like_loss cannot be used with --v_parameterization" in problems
+    assert "--huber_c=0.0: must be in (0, 1] (the exponential and snr schedules need it)" in problems
+    assert "--min_snr_gamma=-1.0: must be a finite number, not negative" in problems
