@@ -173,6 +173,7 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         lr_scheduler_power=float(v.get("lr_scheduler_power") if v.get("lr_scheduler_power") is not None else 1.0),
         lr_scheduler_timescale=v.get("lr_scheduler_timescale"),
         lr_scheduler_min_lr_ratio=v.get("lr_scheduler_min_lr_ratio"),
+        fused_backward_pass=bool(v.get("fused_backward_pass")),
     )
     train = TrainConfig(
         max_train_steps=int(v["max_train_steps"]), max_train_epochs=v.get("max_train_epochs"),

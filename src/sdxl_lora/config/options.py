@@ -258,8 +258,10 @@ OPTIONS: tuple[Option, ...] = (
            help="inverse_sqrt scheduler timescale"),
     Option("lr_scheduler_min_lr_ratio", TRAINING, "float", None, roadmap=LOOP, status=WORKS,
            help="minimum learning-rate ratio (cosine_with_min_lr, warmup_stable_decay)"),
-    Option("fused_backward_pass", TRAINING, "flag", False, roadmap=LOOP,
-           help="fuse the optimizer step into the backward pass (Adafactor, no gradient accumulation)"),
+    Option("fused_backward_pass", TRAINING, "flag", False, roadmap=LOOP, status=WORKS,
+           help="step each LoRA tensor inside the backward pass and free its gradient at once (Adafactor, AdamW"
+                " family and others; not D-Adaptation/Prodigy/schedule-free; no gradient accumulation; no fp16);"
+                " --max_grad_norm then clips each tensor separately"),
     Option("max_train_steps", TRAINING, "int", 1600, status=WORKS, help="total optimizer steps"),
     Option("max_train_epochs", TRAINING, "int", None, status=WORKS,
            help="total epochs (overrides --max_train_steps)"),

@@ -164,10 +164,15 @@ def _optimizer(v: dict) -> list[str]:
     if v.get("use_lion_optimizer") and v.get("optimizer_type") and not v.get("use_8bit_adam"):
         out.append("--use_lion_optimizer cannot be combined with --optimizer_type")
     if v.get("fused_backward_pass"):
-        if opt != "adafactor":
-            out.append("--fused_backward_pass works only with --optimizer_type Adafactor")
+        if opt in ADAPTIVE_LR_OPTIMIZERS or is_schedule_free(opt):
+            out.append(f"--fused_backward_pass cannot be used with --optimizer_type {resolved_optimizer_type(v)}: "
+                       "it steps each tensor with its own optimizer, and this one shares its step size (or "
+                       "averaged weights) across all of them")
         if (v.get("gradient_accumulation_steps") or 1) > 1:
             out.append("--fused_backward_pass cannot be used with --gradient_accumulation_steps > 1")
+        if v.get("mixed_precision") == "fp16":
+            out.append("--fused_backward_pass cannot be used with --mixed_precision fp16 (the loss scaler needs "
+                       "every gradient before a step); use bf16")
     if (v.get("lr_scheduler") or "") == "adafactor" and opt != "adafactor":
         out.append("--lr_scheduler adafactor works only with --optimizer_type Adafactor")
     if opt in ADAPTIVE_LR_OPTIMIZERS and _loraplus_ratio(v.get("network_args")):

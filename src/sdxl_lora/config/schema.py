@@ -121,6 +121,8 @@ class OptimConfig:
     """Timescale of inverse_sqrt (None: the warmup steps, or 10,000 without warmup)."""
     lr_scheduler_min_lr_ratio: float | None = None
     """Floor of cosine_with_min_lr and warmup_stable_decay as a fraction of the LR."""
+    fused_backward_pass: bool = False
+    """Step each LoRA tensor inside backward as soon as its gradient is complete, then free the gradient."""
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ def run(cfg: RunConfig) -> RunResult:
             with accelerator.accumulate(unet, te1, te2):
                 loss = training_step(batch, parts, cfg, noise_generator)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                # With --fused_backward_pass the optimizer already stepped (and clipped) each tensor in backward.
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
                     accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
                                                 cfg.optim.max_grad_norm)
                 optimizer.step()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import types
 
 import torch
 
@@ -136,7 +137,47 @@ def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimiz
     optimizer = cls(groups, lr=lr, **kwargs)
     if is_schedule_free(cfg.optimizer_type):
         set_train_mode(optimizer, True)
+    if cfg.fused_backward_pass:
+        fuse_into_backward(optimizer, lambda group: cls([group], lr=lr, **kwargs), cfg.max_grad_norm)
     return optimizer
+
+
+def fuse_into_backward(lead: torch.optim.Optimizer, make, max_grad_norm: float) -> None:
+    """--fused_backward_pass for LoRA: each trained tensor gets its own optimizer (same class, arguments and
+    group settings), stepped by a hook as soon as its gradient is complete in backward; the gradient is then
+    freed, so no step ever holds every gradient at once. `lead` keeps the param groups the LR scheduler sets
+    (their LRs are copied over before each step) and its own step() becomes a no-op. --max_grad_norm clips each
+    tensor's gradient separately (the global norm is not known until backward ends), as sd-scripts' fused
+    full fine-tuning does."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        raise ConfigError("--fused_backward_pass works in a single process only (each gradient is used before "
+                          "processes average them)")
+    fused = []
+    for index, group in enumerate(lead.param_groups):
+        settings = {key: value for key, value in group.items() if key != "params"}
+        for param in group["params"]:
+            single = make({**settings, "params": [param]})
+            fused.append(single)
+            param.register_post_accumulate_grad_hook(_step_hook(single, lead, index, max_grad_norm))
+    lead.fused_optimizers = fused  # one per tensor, in param-group order (their state is the real one)
+    lead.step = types.MethodType(_fused_step, lead)  # bound, as LR schedulers expect
+
+
+def _step_hook(single: torch.optim.Optimizer, lead: torch.optim.Optimizer, index: int, max_grad_norm: float):
+    def step(param: torch.Tensor) -> None:
+        # Looked up at each step: accelerate's prepare() replaces the group dicts (load_state_dict).
+        single.param_groups[0]["lr"] = lead.param_groups[index]["lr"]
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([param], max_grad_norm)
+        single.step()
+        single.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _fused_step(self, closure=None) -> None:
+    """The optimizer already stepped every tensor during backward."""
 
 
 def set_train_mode(optimizer, training: bool) -> None:

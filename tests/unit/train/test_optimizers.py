@@ -157,3 +157,58 @@ def test_unknown_class_and_unknown_argument_are_one_line_each():
         check_optimizer(OptimConfig(optimizer_type="AdamW", optimizer_args=(("beta", 0.9), ("weight_decay", 0.1))))
     assert error.value.problems == [error.value.problems[0]]
     assert error.value.problems[0].startswith("--optimizer_args beta: AdamW has no argument beta")
+
+
+def _run(name: str, fused: bool, steps: int = 5, max_grad_norm: float = 0.0, **cfg_kwargs):
+    """`steps` steps of a plain loop (backward, clip, step, schedule, zero_grad) with a linear schedule."""
+    torch.manual_seed(0)
+    model = TinyLora()
+    data = [(torch.randn(4, 512), torch.randn(4, 16)) for _ in range(steps)]
+    relative = name == "Adafactor" and not cfg_kwargs.get("optimizer_args")
+    schedule = {"lr_scheduler": "adafactor"} if relative else {"lr_scheduler": "linear", "lr_warmup_steps": 2}
+    cfg = OptimConfig(optimizer_type=name, learning_rate=1e-2, max_grad_norm=max_grad_norm,
+                      fused_backward_pass=fused, **schedule, **cfg_kwargs)
+    groups = [{"params": [model.down], "lr": 1e-2, "name": "unet"}, {"params": [model.up], "lr": 5e-3, "name": "te1"}]
+    optimizer = build_optimizer(cfg, groups)
+    scheduler = build_scheduler(cfg, optimizer, total_steps=steps)
+    optimizer.load_state_dict(optimizer.state_dict())  # as accelerate's prepare() does: new group dicts
+    for x, y in data:
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        if max_grad_norm and not fused:
+            for group in optimizer.param_groups:  # per tensor, as the fused pass clips
+                for p in group["params"]:
+                    torch.nn.utils.clip_grad_norm_([p], max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model, optimizer
+
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("AdamW", ()), ("AdamW8bit", ()), ("Lion", ()), ("SGDNesterov", ()),
+    ("Adafactor", (("relative_step", False), ("scale_parameter", False))), ("Adafactor", ()),
+])
+def test_fused_backward_gives_the_weights_of_the_plain_loop(name, args):
+    plain, _ = _run(name, fused=False, optimizer_args=args)
+    fused, optimizer = _run(name, fused=True, optimizer_args=args)
+    assert len(optimizer.fused_optimizers) == 2
+    for a, b in ((plain.down, fused.down), (plain.up, fused.up)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert b.grad is None  # freed inside backward
+
+
+def test_fused_backward_with_per_tensor_clipping_matches_per_tensor_clipping():
+    plain, _ = _run("AdamW", fused=False, max_grad_norm=0.01)
+    fused, _ = _run("AdamW", fused=True, max_grad_norm=0.01)
+    torch.testing.assert_close(plain.up, fused.up)
+
+
+def test_fused_backward_steps_during_backward_with_the_scheduled_lr():
+    model = TinyLora()
+    cfg = OptimConfig(learning_rate=1.0, fused_backward_pass=True, lr_scheduler="constant")
+    optimizer = build_optimizer(cfg, [{"params": [model.down, model.up], "lr": 1.0, "name": "unet"}])
+    optimizer.param_groups[0]["lr"] = 0.25  # as a scheduler would set it
+    before = model.up.detach().clone()
+    model(torch.randn(2, 512)).sum().backward()
+    assert not torch.equal(model.up, before) and model.up.grad is None
+    assert optimizer.fused_optimizers[1].param_groups[0]["lr"] == 0.25
