@@ -157,6 +157,7 @@ class StepParts:
 
 
 def step_parts(models, unet, te1, te2, accelerator, placement, cfg: RunConfig) -> StepParts:
+    """The schedule on the device (SNR taken before any zero-terminal rescale) and the models a step calls."""
     alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
     snr_table = noise_math.snr(alphas_cumprod)
     if cfg.noise.zero_terminal_snr:
