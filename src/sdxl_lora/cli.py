@@ -8,12 +8,11 @@ plan without loading any model), `tiny-model OUT_DIR` (write a tiny random SDXL 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import Iterator
 
 from sdxl_lora.config.errors import ConfigError, UserInputError
+from sdxl_lora.runtime import needs_bitsandbytes, optional_imports_off, quiet_libraries, refuse_several_processes
 from sdxl_lora.train.errors import TrainingDiverged
 
 COMMANDS = ("train", "check", "tiny-model", "convert")
@@ -81,25 +80,6 @@ def _train_or_check(command: str, argv: list[str]) -> int:
     return 0
 
 
-# The process-count variables accelerate reads (torchrun / accelerate launch --multi_gpu, then MPI launchers).
-WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
-
-
-def refuse_several_processes() -> None:
-    """Distributed training does not exist yet: a launch of more than one process stops before anything is read
-    (steps, text_projection and NaN handling all assume one process). Every process exits 2; only rank 0 prints."""
-    import os
-
-    name, size = next(((v, os.environ[v]) for v in WORLD_SIZE_VARS if os.environ.get(v, "").strip()), ("", "1"))
-    if not size.strip().isdigit() or int(size) <= 1:
-        return
-    rank = next((os.environ[v] for v in RANK_VARS if os.environ.get(v, "").strip()), "0")
-    raise ConfigError([] if rank.strip() != "0" else [
-        f"{size} processes were launched ({name}={size}); distributed training is not supported yet: "
-        "launch one process (accelerate launch --num_processes 1, or python sdxl_train_network.py)"])
-
-
 def _tiny_model(argv: list[str]) -> int:
     import argparse
     from pathlib import Path
@@ -161,49 +141,6 @@ def setup_logging(values: dict, json_on_stdout: bool = False) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
-
-
-def quiet_libraries(verbose: bool = False) -> None:
-    """Silence library chatter that tells a user nothing: transformers and diffusers log errors only (warnings too
-    with --console_log_level DEBUG) and draw no progress bars, and bitsandbytes' kernel probe is not logged; our
-    step bar and one line per model-loading phase (models/phases.py) say what happens. Called when a command
-    starts, never when a module is imported."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    level = logging.WARNING if verbose else logging.ERROR
-    for library in (transformers_logging, diffusers_logging):
-        library.set_verbosity(level)
-        library.disable_progress_bar()
-    logging.getLogger("bitsandbytes").setLevel(level)
-
-
-def needs_bitsandbytes(optimizer_type: str) -> bool:
-    """sd-scripts' bitsandbytes optimizers: AdamW8bit, Lion8bit, SGDNesterov8bit, AdEMAMix8bit, the Paged* ones,
-    or a `bitsandbytes.optim.<Class>` path."""
-    name = optimizer_type.lower()
-    return "8bit" in name or name.startswith(("paged", "bitsandbytes."))
-
-
-@contextlib.contextmanager
-def optional_imports_off(needed: bool = False) -> Iterator[None]:
-    """Keep bitsandbytes unimported during the block unless `needed`.
-
-    diffusers, transformers and peft import it whenever it is installed (it costs seconds, and on CPUs with
-    AVX512-BF16 it logs a failed kernel download). A None entry in sys.modules makes `importlib.util.find_spec`
-    answer "not installed", which is what those libraries check, once, when they are first imported; so it is
-    set only in a process that has not imported them yet (a fresh command; not a notebook or test session that
-    already has them). The entry is removed afterwards, so a later run in the same process may still import it.
-    """
-    probing = ("diffusers", "transformers", "peft", "accelerate", "bitsandbytes")
-    block = not needed and not any(name in sys.modules for name in probing)
-    if block:
-        sys.modules["bitsandbytes"] = None
-    try:
-        yield
-    finally:
-        if block and "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
-            del sys.modules["bitsandbytes"]
 
 
 if __name__ == "__main__":

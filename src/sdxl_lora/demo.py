@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, images, toml = work / "tiny-sdxl", work / "images", work / "dataset.toml"
 
     from sdxl_lora.cli import main as cli_main
-    from sdxl_lora.cli import optional_imports_off, quiet_libraries
+    from sdxl_lora.runtime import optional_imports_off, quiet_libraries
 
     # The model is built and trained in this one process, so the quiet start is set up once, for both.
     with optional_imports_off():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_images, train_keeping_result, write_toml
+from helpers import make_images, train_keeping_result, write_toml
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_images, write_toml
+from helpers import make_images, write_toml
 from sdxl_lora.cli import main
 from sdxl_lora.models import load as model_load
 from sdxl_lora.train import loop

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import make_images, write_toml
+from helpers import make_images, write_toml
 from sdxl_lora.cli import main
 
 # Resolution 1024, bucket_reso_steps 64, min 256, max 1024 (sd-scripts defaults), max_area = 1024*1024.

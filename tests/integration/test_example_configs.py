@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import make_images, write_toml
+from helpers import make_images, write_toml
 from sdxl_lora.cli import main
 from sdxl_lora.config.config_file import write_config_file
 from sdxl_lora.config.dataset_toml import load_datasets

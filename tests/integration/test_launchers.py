@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from conftest import make_images, write_toml
+from helpers import make_images, write_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import train_keeping_result
+from helpers import train_keeping_result
 from sdxl_lora.cli import main
 from sdxl_lora.models.single_file import write_single_file
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_images, write_toml
+from helpers import make_images, write_toml
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CHATTER = ("Loading weights", "Writing model shards", "requires torchvision", "gemm_4bit", "kernels-community",
@@ -66,6 +66,6 @@ def test_training_run_is_quiet_and_reports_each_loading_phase(tiny_model_output,
     ("PagedAdamW32bit", True), ("Lion8bit", True), ("bitsandbytes.optim.AdEMAMix8bit", True),
 ])
 def test_bitsandbytes_is_kept_for_its_own_optimizers(optimizer, needed):
-    from sdxl_lora.cli import needs_bitsandbytes
+    from sdxl_lora.runtime import needs_bitsandbytes
 
     assert needs_bitsandbytes(optimizer) is needed

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import make_images, write_toml
+from helpers import make_images, write_toml
 from sdxl_lora.cli import main
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_images, train_keeping_result, write_toml
+from helpers import make_images, train_keeping_result, write_toml
 from sdxl_lora.cli import main
 
 SGM_PREFIXES = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_",

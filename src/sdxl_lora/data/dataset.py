@@ -1,8 +1,9 @@
 """The training Dataset (spec 2.6): each item is a whole batch of images from one bucket.
 
-Use with `DataLoader(dataset, batch_size=1, shuffle=True, collate_fn=collate_first)`. Models are not touched
-here: `iter_images_for_cache` hands out the images to encode, and `set_latents` takes the encoded latents back
-as a mapping keyed by LatentKey (a plain dict pickles into DataLoader workers).
+Use with `DataLoader(datasets, batch_size=1, shuffle=False, collate_fn=collate_first)`: TrainDatasets orders
+the batches of all datasets itself, seeded per epoch (sd-scripts shuffles them together with the loader).
+Models are not touched here: `iter_images_for_cache` hands out the images to encode, and `set_latents` takes
+the encoded latents back as a mapping keyed by LatentKey (a plain dict pickles into DataLoader workers).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class TrainDataset(Dataset):
     def _order(self) -> tuple[list[tuple[int, int]], list[list[int]]]:
         epoch = self._epoch.value
         if self._order_epoch != epoch:
-            rng = random.Random(self.seed + epoch)
+            rng = epoch_rng(self.seed, epoch)
             batches = [(b, j) for b, bucket in enumerate(self._buckets)
                        for j in range(math.ceil(len(bucket) / self.batch_size))]
             rng.shuffle(batches)
@@ -159,10 +160,40 @@ class TrainDataset(Dataset):
         return batch
 
 
+def epoch_rng(seed: int, epoch: int) -> random.Random:
+    """The generator that orders an epoch: seeded with seed + epoch, as sd-scripts' random.seed(seed + epoch)."""
+    return random.Random(seed + epoch)
+
+
 class TrainDatasets(ConcatDataset):
-    """All training datasets one after another; `set_epoch` reaches each."""
+    """All training datasets; each epoch their batches come in one shuffled order (sd-scripts' DataLoader
+    shuffle over the concatenated datasets), so several [[datasets]] mix instead of following each other.
+
+    Item `index` of epoch e is batch j of dataset d, where (d, j) is entry `index` of the list of every
+    (dataset, batch) pair in configuration order shuffled by `epoch_rng(seed, e)`.
+    """
 
     datasets: list[TrainDataset]
+
+    def __init__(self, datasets: list[TrainDataset], *, seed: int):
+        super().__init__(datasets)
+        self.seed = seed
+        # Shared with DataLoader workers, so that set_epoch reaches persistent workers too.
+        self._epoch = multiprocessing.RawValue("i", 0)
+        self._order_epoch: int | None = None
+
+    def batch_order(self) -> list[tuple[int, int]]:
+        """(dataset index, batch index in that dataset's epoch order) of every item of the current epoch."""
+        epoch = self._epoch.value
+        if self._order_epoch != epoch:
+            pairs = [(d, j) for d, dataset in enumerate(self.datasets) for j in range(len(dataset))]
+            epoch_rng(self.seed, epoch).shuffle(pairs)
+            self._pairs, self._order_epoch = pairs, epoch
+        return self._pairs
+
+    def __getitem__(self, index: int):
+        d, j = self.batch_order()[index]
+        return self.datasets[d][j]
 
     @property
     def plan(self) -> Plan:
@@ -188,6 +219,7 @@ class TrainDatasets(ConcatDataset):
         return metadata.dataset_dirs(self.plan, reg)
 
     def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
         for dataset in self.datasets:
             dataset.set_epoch(epoch)
 
@@ -206,13 +238,19 @@ def dataset_seed(seed: int, index: int) -> int:
     return random.Random(f"dataset:{seed}:{index}").randrange(2**31)
 
 
+def batch_order_seed(seed: int) -> int:
+    """Seed of the order of batches across datasets (sd-scripts: the loader's torch generator)."""
+    return random.Random(f"batches:{seed}").randrange(2**31)
+
+
 def build_train_dataset(plan: Plan | tuple[DatasetConfig, ...], *, seed: int, prior_loss_weight: float = 1.0,
                         latents: Mapping[LatentKey, torch.Tensor] | None = None) -> TrainDatasets:
     """One TrainDataset per planned dataset, concatenated. Given configs, plans them first (build_plan)."""
     if not isinstance(plan, Plan):
         plan = build_plan(tuple(plan))
     return TrainDatasets([TrainDataset(d, seed=dataset_seed(seed, i), prior_loss_weight=prior_loss_weight,
-                                       latents=latents) for i, d in enumerate(plan.datasets)])
+                                       latents=latents) for i, d in enumerate(plan.datasets)],
+                         seed=batch_order_seed(seed))
 
 
 def collate_first(items: list[dict]) -> dict:

@@ -1,8 +1,8 @@
 """Diffusers/transformers tensor names <-> SDXL's original single-file (SGM) layout, as tables of data.
 
 A single-file SDXL holds four components under fixed prefixes (`FILE_PREFIX`). Each component is a `Layout`:
-prefix rules (the longest matching prefix of whole dotted parts wins, as in network/keys.py) and three tensor
-rules that one generic converter applies in both directions:
+prefix rules (the longest matching prefix of whole dotted parts wins: common/sdxl_layout.rename_by_prefix) and
+three tensor rules that one generic converter applies in both directions:
 
 - fused: one file tensor is several model tensors concatenated on dim 0 (OpenCLIP's `attn.in_proj_*` = q, k, v);
 - as_conv: Linear weights the LDM VAE stores as 1x1 convolutions ([C, C] <-> [C, C, 1, 1]);
@@ -10,8 +10,9 @@ rules that one generic converter applies in both directions:
   from_single_file transposes too, so our pooled embeddings equal diffusers'; sd-scripts copies the matrix as is
   (spec 5.6 [verify]: its single-file loads differ from its own diffusers-folder loads there; bigG's P is square).
 
-The U-Net rules are network/keys.py's (spec 3.3); the VAE, TE1 and TE2 tables are built here from the component's
-size (VAE levels, TE2 layers), which `count_levels` / `count_layers` read from names on either side.
+The U-Net rules are common/sdxl_layout.py's (spec 3.3, shared with network/); the VAE, TE1 and TE2 tables are
+built here from the component's size (VAE levels, TE2 layers), which `count_levels` / `count_layers` read from
+names on either side.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdxl_lora.network.keys import diffusers_to_sgm, sgm_to_diffusers
+from sdxl_lora.common.sdxl_layout import diffusers_to_sgm, rename_by_prefix, sgm_to_diffusers
 
 FILE_PREFIX = {
     "unet": "model.diffusion_model.",
@@ -56,19 +57,10 @@ class PrefixMap:
     pairs: tuple[tuple[str, str], ...]
 
     def forward(self, name: str) -> str:
-        return _rename(name, dict(self.pairs))
+        return rename_by_prefix(name, dict(self.pairs))
 
     def backward(self, name: str) -> str:
-        return _rename(name, {b: a for a, b in self.pairs})
-
-
-def _rename(name: str, rules: Mapping[str, str]) -> str:
-    parts = name.split(".")
-    for cut in range(len(parts), -1, -1):
-        prefix = ".".join(parts[:cut])
-        if prefix in rules:
-            return ".".join(p for p in (rules[prefix], *parts[cut:]) if p)
-    raise KeyError(name)
+        return rename_by_prefix(name, {b: a for a, b in self.pairs})
 
 
 @dataclass(frozen=True)

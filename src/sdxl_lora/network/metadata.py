@@ -11,6 +11,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -74,12 +75,12 @@ def training_metadata(args: dict, facts: RunFacts) -> dict[str, str]:
         "ss_datasets": json.dumps(facts.datasets),
         "ss_tag_frequency": json.dumps(facts.tag_frequency),
         "ss_dataset_dirs": json.dumps(facts.dataset_dirs),
-        "ss_sd_model_name": _basename(args.get("pretrained_model_name_or_path")),
+        "ss_sd_model_name": _model_name(args.get("pretrained_model_name_or_path")),
     })
     if args.get("network_args"):
-        meta["ss_network_args"] = json.dumps(dict(a.split("=", 1) for a in args["network_args"]))
+        meta["ss_network_args"] = network_args_json(args["network_args"], args.get("network_dropout"))
     if args.get("vae"):
-        meta["ss_vae_name"] = _basename(args["vae"])
+        meta["ss_vae_name"] = _model_name(args["vae"])
     if args.get("no_metadata"):
         meta = {k: v for k, v in meta.items() if k in _MINIMUM_KEYS}
     return meta
@@ -136,7 +137,16 @@ def _resolution(value) -> str:
     return f"{parts[0]}x{parts[-1]}"
 
 
-def _basename(value) -> str:
-    from pathlib import PurePath
+def network_args_json(network_args: list[str], network_dropout: float | None) -> str:
+    """The key=value pairs as given (values stay strings), plus the `dropout` entry sd-scripts injects from
+    --network_dropout when the pairs do not set it (spec 3.7, 4.1)."""
+    kwargs = dict(a.split("=", 1) for a in network_args)
+    kwargs.setdefault("dropout", network_dropout)
+    return json.dumps(kwargs)
 
-    return PurePath(str(value)).name if value else "None"
+
+def _model_name(value) -> str:
+    """The basename of an existing file or folder; a hub id (or any other name) as given (spec 4.1)."""
+    if not value:
+        return "None"
+    return Path(str(value)).name if Path(str(value)).exists() else str(value)

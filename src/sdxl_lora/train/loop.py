@@ -78,6 +78,7 @@ def run(cfg: RunConfig) -> RunResult:
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(models, cfg.network.train_text_encoder)
 
+    # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_first,
                                          num_workers=min(cfg.data.max_data_loader_n_workers, _cpus()),
                                          persistent_workers=cfg.data.persistent_data_loader_workers
@@ -209,28 +210,28 @@ def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]
 
 def batch_latents(batch: dict, vae, device, dtype, vae_batch_size: int) -> torch.Tensor:
     """Scaled latents of a batch: from the cache, or encoded now with the frozen VAE in chunks of
-    --vae_batch_size images (spec 5.2)."""
+    --vae_batch_size images (spec 5.2), checked for non-finite values (vae_encode)."""
+    from sdxl_lora.data.vae_encode import encode_images
+
     if "latents" in batch:
-        latents = batch["latents"].to(device)
+        latents = batch["latents"].to(device).float()
     else:
-        with torch.no_grad():
-            images = batch["images"].to(device, dtype=vae.dtype)
-            latents = torch.cat([vae.encode(chunk).latent_dist.sample()
-                                 for chunk in images.split(max(1, vae_batch_size))])
-    latents = torch.nan_to_num(latents.float(), nan=0.0)
+        latents = encode_images(vae, batch["images"], [str(p) for p in batch["paths"]], device, vae_batch_size)
     return (latents * vae.config.scaling_factor).to(dtype)
 
 
 def cache_latents(vae, dataset, device, batch_size: int, clear_device_cache: bool = True) -> dict:
-    """Encode every distinct image once (raw latent_dist.sample(), unscaled), kept on the CPU.
-    Without --highvram the device cache is cleared after each batch, as sd-scripts does."""
+    """Encode every distinct image once (raw latent_dist.sample(), unscaled, checked for non-finite values),
+    kept on the CPU. Without --highvram the device cache is cleared after each batch, as sd-scripts does."""
+    from sdxl_lora.data.vae_encode import encode_images
+
     cache = {}
-    with torch.no_grad():
-        for keys, images in dataset.iter_images_for_cache(batch_size):
-            out = vae.encode(images.to(device, dtype=vae.dtype)).latent_dist.sample().float().cpu()
-            cache.update(zip(keys, out, strict=True))
-            if clear_device_cache and torch.cuda.is_available():
-                torch.cuda.empty_cache()
+    for keys, images in dataset.iter_images_for_cache(batch_size):
+        names = [f"{path} (flipped)" if flip else str(path) for path, _, flip in keys]
+        out = encode_images(vae, images, names, device, batch_size).cpu()
+        cache.update(zip(keys, out, strict=True))
+        if clear_device_cache and torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return cache
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
@@ -11,7 +10,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
-from sdxl_lora.data.dataset import TrainDataset, build_train_dataset, collate_first, final_caption
+from sdxl_lora.data import dataset as dataset_module
+from sdxl_lora.data.dataset import TrainDataset, TrainDatasets, build_train_dataset, collate_first, final_caption
 from sdxl_lora.data.plan import build_plan
 
 
@@ -80,20 +80,74 @@ def test_epoch_shuffling_is_deterministic(tmp_path):
     assert order(first, 1) != order(make(tmp_path, seed=8), 1)
 
 
-def test_epoch_order_matches_sd_scripts_shuffle(tmp_path):
-    # random.seed(seed + epoch), shuffle the (bucket, batch) list, then each bucket's images in bucket order.
-    dataset = make(tmp_path)
-    rng = random.Random(7 + 5)
-    batches = [(b, j) for b, bucket in enumerate(dataset._buckets)
-               for j in range(math.ceil(len(bucket) / 3))]
-    rng.shuffle(batches)
-    buckets = [list(bucket) for bucket in dataset._buckets]
-    for bucket in buckets:
-        rng.shuffle(bucket)
+class RotatingRng:
+    """Stands in for random.Random: shuffle moves the first element to the end, so orders are hand-workable."""
+
+    def __init__(self, seeds: list, seed):
+        seeds.append(seed)
+
+    def shuffle(self, items: list) -> None:
+        items[:] = items[1:] + items[:1]
+
+
+def test_epoch_order_follows_sd_scripts_rule_worked_by_hand(tmp_path, monkeypatch):
+    # Rule (sd-scripts): random.seed(seed + epoch); shuffle the (bucket, batch) list; shuffle each bucket's images;
+    # batch (b, j) = images j*B .. j*B+B-1 of shuffled bucket b.
+    seeds = []
+    monkeypatch.setattr(dataset_module, "epoch_rng", lambda seed, epoch: RotatingRng(seeds, seed + epoch))
+    dataset = make(tmp_path)  # seed 7, batch size 3
     dataset.set_epoch(5)
-    b, j = batches[0]
-    expected = [dataset.plan.images[k].path for k in buckets[b][j * 3:(j + 1) * 3]]
-    assert [i.path for i in dataset.batch_images(0)] == expected
+    names = [[Path(i.path).stem for i in dataset.batch_images(k)] for k in range(len(dataset))]
+    assert seeds == [12]
+    # Buckets sorted by (w, h), images in plan order with repeats: (64,192) d d e e; (128,128) a a b b r*10;
+    # (192,64) c c. Batches of 3: (0,0) (0,1) (1,0)..(1,4) (2,0). Rotated: (0,1) (1,0) (1,1) (1,2) (1,3) (1,4)
+    # (2,0) (0,0); buckets rotated: d e e d | a b b r*10 a | c c.
+    assert names == [["d"], ["a", "b", "b"], ["r"] * 3, ["r"] * 3, ["r"] * 3, ["r", "a"], ["c", "c"],
+                     ["d", "e", "e"]]
+
+
+class Numbered(torch.utils.data.Dataset):
+    def __init__(self, name: str, batches: int):
+        self.name, self.batches, self.epochs = name, batches, []
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return self.name, index
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+class RiffleRng:
+    def __init__(self, seeds: list, seed):
+        seeds.append(seed)
+
+    def shuffle(self, items: list) -> None:
+        items[:] = items[::2] + items[1::2]
+
+
+def test_batches_of_all_datasets_are_shuffled_together_worked_by_hand(monkeypatch):
+    seeds = []
+    monkeypatch.setattr(dataset_module, "epoch_rng", lambda seed, epoch: RiffleRng(seeds, seed + epoch))
+    datasets = TrainDatasets([Numbered("A", 3), Numbered("B", 2)], seed=40)
+    datasets.set_epoch(2)
+    # Pairs A0 A1 A2 B0 B1; riffled (even positions, then odd): A0 A2 B1 A1 B0.
+    assert [datasets[k] for k in range(len(datasets))] == [("A", 0), ("A", 2), ("B", 1), ("A", 1), ("B", 0)]
+    assert seeds == [42] and datasets.datasets[0].epochs == [2] == datasets.datasets[1].epochs
+
+
+def test_real_batch_order_mixes_datasets_and_is_reproducible():
+    def order(seed: int, epoch: int) -> list:
+        datasets = TrainDatasets([Numbered("A", 6), Numbered("B", 6)], seed=seed)
+        datasets.set_epoch(epoch)
+        return [datasets[k] for k in range(len(datasets))]
+
+    assert order(3, 1) == order(3, 1) and order(3, 1) != order(3, 2) and order(3, 1) != order(4, 1)
+    assert sorted(order(3, 1)) == [(n, k) for n in "AB" for k in range(6)]
+    # Dataset A not all first in every epoch (probability of that by chance: 5 x 1/924).
+    assert any([n for n, _ in order(3, e)] != ["A"] * 6 + ["B"] * 6 for e in range(5))
 
 
 def test_flip_aug_flips_some_images_and_their_crop_conditioning(tmp_path):
@@ -153,5 +207,7 @@ def test_concatenated_datasets_through_a_dataloader(tmp_path):
     assert len(datasets) == 8 + datasets.datasets[1].plan.batches_per_epoch
     datasets.set_epoch(2)
     assert all(d._epoch.value == 2 for d in datasets.datasets)
-    loader = DataLoader(datasets, batch_size=1, shuffle=True, collate_fn=collate_first)
+    loader = DataLoader(datasets, batch_size=1, shuffle=False, collate_fn=collate_first)
+    trees = [Path(batch["paths"][0]).parts[-3] for batch in loader]
     assert sum(len(batch["captions"]) for batch in loader) == 2 * 20
+    assert sorted(trees) == sorted(["one"] * 8 + ["two"] * datasets.datasets[1].plan.batches_per_epoch)

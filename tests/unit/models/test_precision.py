@@ -138,8 +138,3 @@ def test_clip_skip_is_a_warning_and_changes_nothing(tiny_sdxl, tiny_sdxl_dir, ca
 
 def test_highvram_is_carried_for_the_loop():
     assert plan_placement(ModelConfig(pretrained_model_name_or_path="x", highvram=True)).highvram
-
-
-def test_lowram_loads_onto_the_given_device(tiny_sdxl_dir, files_device="cpu"):
-    models = load_sdxl(ModelConfig(pretrained_model_name_or_path=str(tiny_sdxl_dir), lowram=True), files_device)
-    assert models.unet.device.type == models.text_encoder_2.device.type == files_device

@@ -25,7 +25,7 @@ class RecordingVae:
 def test_encodes_in_vae_batch_size_chunks_and_scales():
     vae = RecordingVae()
     images = torch.randn(5, 4, 16, 16)
-    latents = batch_latents({"images": images}, vae, "cpu", torch.float32, vae_batch_size=2)
+    latents = batch_latents({"images": images, "paths": list("abcde")}, vae, "cpu", torch.float32, vae_batch_size=2)
     assert vae.seen == [2, 2, 1]
     torch.testing.assert_close(latents, images[:, :4, ::8, ::8] * 0.13025)
 

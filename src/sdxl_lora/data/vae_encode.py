@@ -1,0 +1,61 @@
+"""Images -> raw VAE latents, checked once for non-finite values where they are encoded.
+
+The SDXL VAE overflows in float16 on some images and returns inf/NaN latents. sd-scripts and the foundation
+replaced them by zeros at every step, which trains on nothing. Here an image whose latents are not finite is
+encoded again in float32 with a warning naming it; if that fails too, the run stops naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from sdxl_lora.config.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def encode_images(vae, images: torch.Tensor, names: Sequence[str], device, batch_size: int) -> torch.Tensor:
+    """Raw (unscaled) float32 latents (n, C, h, w) on `device` of `images` (n, 3, H, W) in [-1, 1], encoded in
+    chunks of `batch_size` in the VAE's dtype; `names` (one per image, usually the file) are used in messages."""
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], max(1, batch_size)):
+            chunk = images[start:start + max(1, batch_size)]
+            latents = _encode(vae, chunk.to(device, dtype=vae.dtype))
+            chunks.append(_repair_non_finite(vae, chunk, latents, names[start:start + chunk.shape[0]], device))
+    return torch.cat(chunks)
+
+
+def _encode(vae, images: torch.Tensor) -> torch.Tensor:
+    return vae.encode(images).latent_dist.sample().float()
+
+
+def _repair_non_finite(vae, images: torch.Tensor, latents: torch.Tensor, names: Sequence[str],
+                       device) -> torch.Tensor:
+    """Re-encode in float32 each image whose latents are not finite (one device sync per chunk)."""
+    bad = (~torch.isfinite(latents)).flatten(1).any(dim=1)
+    if not bool(bad.any()):
+        return latents
+    dtype = vae.dtype
+    for i in bad.nonzero().flatten().tolist():
+        if dtype == torch.float32:
+            raise ConfigError(_still_not_finite(names[i]))
+        logger.warning("%s: the VAE gave non-finite latents in %s; encoded again in float32 "
+                       "(--no_half_vae keeps the VAE in float32)", names[i], str(dtype).removeprefix("torch."))
+        vae.to(dtype=torch.float32)
+        try:
+            retry = _encode(vae, images[i:i + 1].to(device, dtype=torch.float32))
+        finally:
+            vae.to(dtype=dtype)
+        if not bool(torch.isfinite(retry).all()):
+            raise ConfigError(_still_not_finite(names[i]))
+        latents[i] = retry[0]
+    return latents
+
+
+def _still_not_finite(name: str) -> str:
+    return (f"{name}: the VAE gives non-finite latents even in float32; the image is probably damaged "
+            "(open it, re-save or remove it)")
