@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_images, train_keeping_result, write_toml
+from helpers import make_images, train_keeping_result, write_toml
 
 
 @pytest.fixture(scope="module")
