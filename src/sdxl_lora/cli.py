@@ -59,6 +59,9 @@ def _train_or_check(command: str, argv: list[str]) -> int:
         print(f"wrote {parsed.output_config_path}")
         return 0
     cfg = build_run_config(parsed.values, parsed.given)
+    from sdxl_lora.train.check import check_classes
+
+    check_classes(cfg)
     if command == "check":
         from sdxl_lora.train.check import render_plan
 

@@ -125,7 +125,8 @@ def test_gradient_accumulation_steps_after_every_second_batch_and_at_epoch_end(t
 def test_non_finite_loss_stops_with_a_diagnosis(base, monkeypatch, capsys, tmp_path):
     from sdxl_lora.train import loss as losses
 
-    monkeypatch.setattr(losses, "weighted_mean", lambda per_sample, weights: per_sample.mean() * float("nan"))
+    real_loss = losses.training_loss
+    monkeypatch.setattr(losses, "training_loss", lambda *args, **kwargs: real_loss(*args, **kwargs) * float("nan"))
     assert main([*base, "--mixed_precision=no"]) == 1
     err = capsys.readouterr().err
     assert "loss is not finite at step 1 " in err and "img0" in err and "--learning_rate" in err
@@ -154,7 +155,7 @@ def _record_unet_inputs(monkeypatch) -> dict:
     from sdxl_lora.train import loss as losses
 
     seen = {"time_ids": [], "embedded": [], "sample": [], "target": []}
-    real_forward, real_proj, real_loss = UNet2DConditionModel.forward, Timesteps.forward, losses.per_sample_l2
+    real_forward, real_proj, real_loss = UNet2DConditionModel.forward, Timesteps.forward, losses.training_loss
 
     def forward(self, sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=None, **kwargs):
         seen["sample"].append(sample.dtype)
@@ -166,13 +167,13 @@ def _record_unet_inputs(monkeypatch) -> dict:
         seen["embedded"].append(timesteps.detach().clone())
         return real_proj(self, timesteps)
 
-    def per_sample_l2(pred, target, mask=None):
+    def training_loss(pred, target, timesteps, **kwargs):
         seen["target"].append(target.dtype)
-        return real_loss(pred, target, mask)
+        return real_loss(pred, target, timesteps, **kwargs)
 
     monkeypatch.setattr(UNet2DConditionModel, "forward", forward)
     monkeypatch.setattr(Timesteps, "forward", proj)
-    monkeypatch.setattr(losses, "per_sample_l2", per_sample_l2)
+    monkeypatch.setattr(losses, "training_loss", training_loss)
     return seen
 
 

@@ -11,12 +11,20 @@ from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.network_args import network_args_warnings, network_warnings, parse_lora_args
+from sdxl_lora.config.optimizer_args import (
+    adafactor_relative_step,
+    is_schedule_free,
+    parse_key_values,
+    resolved_optimizer_type,
+)
 from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.schema import (
     DataConfig,
+    LossConfig,
     ModelConfig,
     NetworkConfig,
+    NoiseConfig,
     OptimConfig,
     RunConfig,
     SaveConfig,
@@ -45,7 +53,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         raise ConfigError(problems)
     for note in notes:
         log.info("%s", note)
-    for warning in network_args_warnings(values.get("network_args")) + network_warnings(values):
+    for warning in (network_args_warnings(values.get("network_args")) + network_warnings(values)
+                    + optimizer_warnings(values)):
         log.warning("%s", warning)
     return assemble(values, datasets)
 
@@ -68,9 +77,43 @@ def normalize(values: dict, given: frozenset[str]) -> tuple[dict, list[str]]:
     if v.get("seed") is None:
         v["seed"] = random.randint(0, 2**32 - 1)
         notes.append(f"--seed not given: using {v['seed']}")
+    notes += _optimizer_notes(v)
     v["text_encoder_lrs"] = text_encoder_lrs(v.get("text_encoder_lr"), v.get("text_encoder_lr1"),
                                              v.get("text_encoder_lr2"))
     return v, notes
+
+
+def _optimizer_notes(v: dict) -> list[str]:
+    """The optimizer settings sd-scripts changes on its own, made explicit (legacy flags, the scheduler
+    replaced). Sets v['lr_scheduler'] to 'adafactor' for Adafactor with relative_step."""
+    notes, optimizer = [], resolved_optimizer_type(v)
+    for flag in ("use_8bit_adam", "use_lion_optimizer"):
+        if v.get(flag) and not v.get("optimizer_type"):
+            notes.append(f"--{flag}: using --optimizer_type {optimizer}")
+    kwargs, _ = parse_key_values("optimizer_args", v.get("optimizer_args"))
+    if optimizer.lower() == "adafactor" and adafactor_relative_step(kwargs):
+        if v.get("lr_scheduler") != "adafactor":
+            notes.append(f"--optimizer_type Adafactor with relative_step (its default): the scheduler is "
+                         f"'adafactor' (was {v.get('lr_scheduler')}); --learning_rate is its initial LR; "
+                         "pass --optimizer_args relative_step=False to use --lr_scheduler")
+        v["lr_scheduler"] = "adafactor"
+    return notes
+
+
+def optimizer_warnings(v: dict) -> list[str]:
+    """Settings sd-scripts ignores or warns about with the chosen optimizer and target: we go on, saying so."""
+    warnings = []
+    if v.get("zero_terminal_snr") and not v.get("v_parameterization"):
+        warnings.append("--zero_terminal_snr without --v_parameterization: the last timestep is pure noise, which "
+                        "an epsilon-prediction model cannot denoise (sd-scripts warns the same)")
+    if is_schedule_free(resolved_optimizer_type(v)):
+        if (v.get("lr_scheduler") or "constant") != "constant" or v.get("lr_scheduler_type"):
+            warnings.append("--lr_scheduler/--lr_scheduler_type are ignored: schedule-free optimizers keep a "
+                            "constant LR (as sd-scripts)")
+        if v.get("lr_warmup_steps"):
+            warnings.append("--lr_warmup_steps is ignored with a schedule-free optimizer (as sd-scripts); "
+                            "use --optimizer_args warmup_steps=N")
+    return warnings
 
 
 def text_encoder_lrs(shared, lr1, lr2) -> tuple[float | None, float | None]:
@@ -131,10 +174,19 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         masked_loss=bool(v.get("masked_loss")), skip_bad_files=bool(v.get("skip_bad_files")),
     )
     optim = OptimConfig(
-        optimizer_type=v.get("optimizer_type") or "AdamW", learning_rate=float(v["learning_rate"]),
+        optimizer_type=resolved_optimizer_type(v), learning_rate=float(v["learning_rate"]),
         unet_lr=v.get("unet_lr"),
         text_encoder_lr=v["text_encoder_lrs"], max_grad_norm=float(v.get("max_grad_norm") or 0.0),
         lr_scheduler=v.get("lr_scheduler") or "constant", lr_warmup_steps=v.get("lr_warmup_steps") or 0,
+        optimizer_args=tuple(parse_key_values("optimizer_args", v.get("optimizer_args"))[0].items()),
+        lr_scheduler_type=v.get("lr_scheduler_type") or "",
+        lr_scheduler_args=tuple(parse_key_values("lr_scheduler_args", v.get("lr_scheduler_args"))[0].items()),
+        lr_decay_steps=v.get("lr_decay_steps") or 0,
+        lr_scheduler_num_cycles=int(v.get("lr_scheduler_num_cycles") or 1),
+        lr_scheduler_power=float(v.get("lr_scheduler_power") if v.get("lr_scheduler_power") is not None else 1.0),
+        lr_scheduler_timescale=v.get("lr_scheduler_timescale"),
+        lr_scheduler_min_lr_ratio=v.get("lr_scheduler_min_lr_ratio"),
+        fused_backward_pass=bool(v.get("fused_backward_pass")),
     )
     train = TrainConfig(
         max_train_steps=int(v["max_train_steps"]), max_train_epochs=v.get("max_train_epochs"),
@@ -146,7 +198,39 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         save_model_as=v.get("save_model_as") or "safetensors", save_precision=v.get("save_precision"),
         no_metadata=bool(v.get("no_metadata")), training_comment=v.get("training_comment"),
     )
-    return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v))
+    return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
+                     noise=noise_config(v), loss=loss_config(v))
+
+
+def noise_config(v: dict) -> NoiseConfig:
+    """Timestep range and noise options (spec 1.9); unset numbers take sd-scripts' defaults."""
+    return NoiseConfig(
+        min_timestep=int(v.get("min_timestep") or 0),
+        max_timestep=int(v["max_timestep"] if v.get("max_timestep") is not None else 1000),
+        noise_offset=v.get("noise_offset"), noise_offset_random_strength=bool(v.get("noise_offset_random_strength")),
+        adaptive_noise_scale=v.get("adaptive_noise_scale"),
+        multires_noise_iterations=v.get("multires_noise_iterations"),
+        multires_noise_discount=float(_default(v, "multires_noise_discount", 0.3)),
+        ip_noise_gamma=v.get("ip_noise_gamma"),
+        ip_noise_gamma_random_strength=bool(v.get("ip_noise_gamma_random_strength")),
+        zero_terminal_snr=bool(v.get("zero_terminal_snr")),
+    )
+
+
+def loss_config(v: dict) -> LossConfig:
+    """Target, loss type and weightings (spec 1.9, 5.3, 5.4)."""
+    return LossConfig(
+        v_parameterization=bool(v.get("v_parameterization")), loss_type=v.get("loss_type") or "l2",
+        huber_schedule=v.get("huber_schedule") or "snr", huber_c=float(_default(v, "huber_c", 0.1)),
+        huber_scale=float(_default(v, "huber_scale", 1.0)), min_snr_gamma=v.get("min_snr_gamma"),
+        scale_v_pred_loss_like_noise_pred=bool(v.get("scale_v_pred_loss_like_noise_pred")),
+        v_pred_like_loss=v.get("v_pred_like_loss"),
+        debiased_estimation_loss=bool(v.get("debiased_estimation_loss")), masked_loss=bool(v.get("masked_loss")),
+    )
+
+
+def _default(v: dict, name: str, default):
+    return v[name] if v.get(name) is not None else default
 
 
 def _path_or_none(value) -> Path | None:

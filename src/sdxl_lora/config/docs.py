@@ -45,10 +45,14 @@ def render_options_md() -> str:
         lines += ["", f"## {group}", "", *TABLE_HEAD]
         lines += [_row(option) for option in OPTIONS if option.group == group]
     lines += ["", "## Optimizer and scheduler names", ""]
+    others = {"--optimizer_type": "any other name is a class path (`pytorch_optimizer.CAME`) or a `torch.optim`"
+                                  " class, imported when chosen",
+              "--lr_scheduler": "other classes through `--lr_scheduler_type`"}
     for flag, table in (("--optimizer_type", OPTIMIZERS), ("--lr_scheduler", SCHEDULERS)):
         works = ", ".join(f"`{name}`" for name, status in table.items() if status == WORKS)
         not_yet = ", ".join(f"`{name}`" for name, status in table.items() if status != WORKS)
-        lines.append(f"- `{flag}` works: {works}; not yet ({OPTIMIZERS_ROADMAP}): {not_yet}, and any other name.")
+        later = f"; not yet ({OPTIMIZERS_ROADMAP}): {not_yet}" if not_yet else ""
+        lines.append(f"- `{flag}` works: {works}{later}; {others[flag]}.")
     return "\n".join(lines) + "\n"
 
 

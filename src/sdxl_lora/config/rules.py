@@ -10,7 +10,13 @@ from collections.abc import Callable
 
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.network_args import parse_lora_args
-from sdxl_lora.config.options import OPTIMIZERS, OPTIMIZERS_ROADMAP, SCHEDULERS, WORKS, choice_status
+from sdxl_lora.config.optimizer_args import (
+    adafactor_relative_step,
+    is_schedule_free,
+    parse_key_values,
+    resolved_optimizer_type,
+)
+from sdxl_lora.config.options import OPTIMIZERS_ROADMAP, SCHEDULERS, WORKS, choice_status
 from sdxl_lora.config.paths import path_problems
 from sdxl_lora.config.sources import detect_source
 
@@ -64,16 +70,39 @@ def _positive(v: dict) -> list[str]:
 
 
 def _implemented_choices(v: dict) -> list[str]:
-    """Names accepted by the parser (sd-scripts does not restrict them) but not implemented yet."""
+    """Scheduler names accepted by the parser (sd-scripts does not restrict them) but not implemented here.
+    Every --optimizer_type is accepted: a name not in config.options.OPTIMIZERS is a class path, imported
+    (and its arguments checked) by train.optim before any model loads."""
+    name = v.get("lr_scheduler") or "constant"
+    if v.get("lr_scheduler_type") or is_schedule_free(resolved_optimizer_type(v)):
+        return []
+    if choice_status(SCHEDULERS, name) != WORKS:
+        available = ", ".join(key for key, status in SCHEDULERS.items() if status == WORKS)
+        return [f"--lr_scheduler {name}: not supported yet (roadmap: {OPTIMIZERS_ROADMAP}); available: {available}"]
+    return []
+
+
+def _key_value_args(v: dict) -> list[str]:
+    """--optimizer_args / --lr_scheduler_args parse as sd-scripts parses them (key=Python literal)."""
     out = []
-    for flag, name, table, ignore_case in (
-            ("optimizer_type", v.get("optimizer_type") or "AdamW", OPTIMIZERS, True),
-            ("lr_scheduler", v.get("lr_scheduler") or "constant", SCHEDULERS, False)):
-        if choice_status(table, name, ignore_case=ignore_case) != WORKS:
-            available = ", ".join(key for key, status in table.items() if status == WORKS)
-            out.append(f"--{flag} {name}: not supported yet (roadmap: {OPTIMIZERS_ROADMAP}); "
-                       f"available: {available}")
+    for flag in ("optimizer_args", "lr_scheduler_args"):
+        out += parse_key_values(flag, v.get(flag))[1]
+    kwargs = parse_key_values("optimizer_args", v.get("optimizer_args"))[0]
+    for key in ("lr", "params"):
+        if key in kwargs:
+            out.append(f"--optimizer_args {key}: set by the trainer (use --learning_rate / --unet_lr)")
+    for key, value in kwargs.items():
+        if key in ("weight_decay", "eps", "momentum") and not _number(value, low=0):
+            out.append(f"--optimizer_args {key}={value!r}: must be a number, not negative")
+        if key == "betas" and not (isinstance(value, (tuple, list)) and 2 <= len(value) <= 3
+                                   and all(_number(b, low=0, below=1) for b in value)):
+            out.append(f"--optimizer_args betas={value!r}: expected 2 or 3 numbers in [0, 1), e.g. betas=0.9,0.999")
     return out
+
+
+def _number(value, low: float, below: float = math.inf) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value < below)
 
 
 def _something_trains(v: dict) -> list[str]:
@@ -118,36 +147,108 @@ def _noise_and_loss(v: dict) -> list[str]:
         out.append(f"--max_timestep={hi}: must be in [0, 1000]")
     if lo is not None and hi is not None and lo > hi:
         out.append(f"--min_timestep={lo} is above --max_timestep={hi}")
+    huber_c = v.get("huber_c")
+    if v.get("loss_type") in ("huber", "smooth_l1") and huber_c is not None and not 0 < huber_c <= 1:
+        out.append(f"--huber_c={huber_c}: must be in (0, 1] (the exponential and snr schedules need it)")
+    for name in ("min_snr_gamma", "ip_noise_gamma", "multires_noise_discount", "huber_scale"):
+        if v.get(name) is not None and not (v[name] >= 0 and math.isfinite(v[name])):
+            out.append(f"--{name}={v[name]}: must be a finite number, not negative")
+    if v.get("multires_noise_iterations") is not None and v["multires_noise_iterations"] < 0:
+        out.append(f"--multires_noise_iterations={v['multires_noise_iterations']}: must not be negative")
     return out
 
 
 def _optimizer(v: dict) -> list[str]:
     out = []
-    opt = (v.get("optimizer_type") or "").lower()
+    opt = resolved_optimizer_type(v).lower()
     if v.get("use_8bit_adam") and (v.get("use_lion_optimizer") or v.get("optimizer_type")):
         out.append("--use_8bit_adam cannot be combined with --optimizer_type or --use_lion_optimizer")
     if v.get("use_lion_optimizer") and v.get("optimizer_type") and not v.get("use_8bit_adam"):
         out.append("--use_lion_optimizer cannot be combined with --optimizer_type")
     if v.get("fused_backward_pass"):
-        if opt != "adafactor":
-            out.append("--fused_backward_pass works only with --optimizer_type Adafactor")
+        if opt in ADAPTIVE_LR_OPTIMIZERS or is_schedule_free(opt):
+            out.append(f"--fused_backward_pass cannot be used with --optimizer_type {resolved_optimizer_type(v)}: "
+                       "it steps each tensor with its own optimizer, and this one shares its step size (or "
+                       "averaged weights) across all of them")
         if (v.get("gradient_accumulation_steps") or 1) > 1:
             out.append("--fused_backward_pass cannot be used with --gradient_accumulation_steps > 1")
+        if v.get("mixed_precision") == "fp16":
+            out.append("--fused_backward_pass cannot be used with --mixed_precision fp16 (the loss scaler needs "
+                       "every gradient before a step); use bf16")
     if (v.get("lr_scheduler") or "") == "adafactor" and opt != "adafactor":
         out.append("--lr_scheduler adafactor works only with --optimizer_type Adafactor")
     if opt in ADAPTIVE_LR_OPTIMIZERS and _loraplus_ratio(v.get("network_args")):
         out.append(f"--optimizer_type {v['optimizer_type']} (adaptive learning rate) cannot be used with "
                    "LoRA+ (--network_args loraplus_*_ratio)")
+    if opt in ADAPTIVE_LR_OPTIMIZERS and opt not in ("dadaptadan", "dadaptadanip", "dadaptadagrad"):
+        rates = _trained_rates(v)
+        if len(set(rates.values())) > 1:
+            given = ", ".join(f"{name} {rate:g}" for name, rate in rates.items())
+            out.append(f"--optimizer_type {v['optimizer_type']} needs one learning rate for every trained part "
+                       f"(got {given}); it fails at the first step otherwise")
     return out
+
+
+def _trained_rates(v: dict) -> dict[str, float]:
+    """Non-zero learning rate of each trained part (U-Net, TE1, TE2), as train.optim.param_groups sets them."""
+    base = v.get("learning_rate")
+    te1, te2 = v.get("text_encoder_lrs") or _text_encoder_lrs(v)
+    parts = {}
+    if not v.get("network_train_text_encoder_only"):
+        parts["--unet_lr"] = v.get("unet_lr")
+    if not v.get("network_train_unet_only"):
+        parts["--text_encoder_lr (TE1)"], parts["--text_encoder_lr (TE2)"] = te1, te2
+    rates = {name: (rate if rate is not None else base) for name, rate in parts.items()}
+    return {name: rate for name, rate in rates.items() if rate}
+
+
+def _text_encoder_lrs(v: dict) -> tuple:
+    from sdxl_lora.config.build import text_encoder_lrs  # build imports this module
+
+    return text_encoder_lrs(v.get("text_encoder_lr"), v.get("text_encoder_lr1"), v.get("text_encoder_lr2"))
 
 
 def _scheduler(v: dict) -> list[str]:
     warmup = v.get("lr_warmup_steps") or 0
     sched = v.get("lr_scheduler") or "constant"
-    if warmup and (sched in ("constant", "adafactor") or v.get("lr_scheduler_type")):
+    optimizer = resolved_optimizer_type(v)
+    if is_schedule_free(optimizer):
+        return []
+    out = _scheduler_arguments(v, sched)
+    if not warmup:
+        return out
+    kwargs = parse_key_values("optimizer_args", v.get("optimizer_args"))[0]
+    if optimizer.lower() == "adafactor" and adafactor_relative_step(kwargs):
+        return out + [f"--lr_warmup_steps={warmup}: Adafactor with relative_step (its default) sets its own step size "
+                "and ignores the schedule; pass --optimizer_args relative_step=False or set the warmup to 0"]
+    if sched in ("constant", "adafactor", "piecewise_constant") or v.get("lr_scheduler_type"):
         what = "--lr_scheduler_type" if v.get("lr_scheduler_type") else f"--lr_scheduler {sched}"
-        return [f"--lr_warmup_steps={warmup} has no effect with {what}; use constant_with_warmup or set it to 0"]
-    return []
+        return out + [f"--lr_warmup_steps={warmup} has no effect with {what}; use constant_with_warmup or set it "
+                      "to 0"]
+    return out
+
+
+def _scheduler_arguments(v: dict, sched: str) -> list[str]:
+    """What the named schedule needs (each would otherwise fail when the scheduler is built)."""
+    out = []
+    args = parse_key_values("lr_scheduler_args", v.get("lr_scheduler_args"))[0]
+    ratio = v.get("lr_scheduler_min_lr_ratio")
+    if v.get("lr_scheduler_type"):
+        return out
+    if sched == "cosine_with_min_lr" and (ratio is None) == ("min_lr" not in args):
+        out.append("--lr_scheduler cosine_with_min_lr needs exactly one of --lr_scheduler_min_lr_ratio or "
+                   "--lr_scheduler_args min_lr=...")
+    if sched == "piecewise_constant" and not isinstance(args.get("step_rules"), str):
+        out.append("--lr_scheduler piecewise_constant needs --lr_scheduler_args step_rules='1:10,0.1:20,0.01' "
+                   "(LR multiplier 1 until step 10, 0.1 until step 20, then 0.01)")
+    if ratio is not None and not 0 <= ratio <= 1:
+        out.append(f"--lr_scheduler_min_lr_ratio={ratio}: must be in [0, 1]")
+    for name in ("lr_scheduler_num_cycles", "lr_scheduler_timescale"):
+        if v.get(name) is not None and v[name] < 1:
+            out.append(f"--{name}={v[name]}: must be at least 1")
+    if (v.get("lr_decay_steps") or 0) < 0:
+        out.append(f"--lr_decay_steps={v['lr_decay_steps']}: must not be negative")
+    return out
 
 
 def _logging(v: dict) -> list[str]:
@@ -188,7 +289,7 @@ def _loraplus_ratio(network_args) -> bool:
 
 RULES: tuple[Callable[[dict], list[str]], ...] = (
     _required, _positive, path_problems, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
-    _noise_and_loss, _optimizer, _scheduler, _logging, _resume, _network,
+    _noise_and_loss, _key_value_args, _optimizer, _scheduler, _logging, _resume, _network,
 )
 
 

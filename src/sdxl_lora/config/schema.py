@@ -132,6 +132,24 @@ class OptimConfig:
     """Scheduler name."""
     lr_warmup_steps: int | float = 0
     """Warmup: an int is a step count, a float a fraction of the total steps (from 'N%' it may be 1 or more)."""
+    optimizer_args: tuple[tuple[str, object], ...] = ()
+    """--optimizer_args as (key, Python literal) pairs, in the order given."""
+    lr_scheduler_type: str = ""
+    """Custom scheduler class ('module.Class' or a torch.optim.lr_scheduler name); overrides lr_scheduler."""
+    lr_scheduler_args: tuple[tuple[str, object], ...] = ()
+    """--lr_scheduler_args as (key, Python literal) pairs: extra keyword arguments of the scheduler."""
+    lr_decay_steps: int | float = 0
+    """Decay steps of warmup_stable_decay, parsed like lr_warmup_steps."""
+    lr_scheduler_num_cycles: int = 1
+    """Cycles of cosine_with_restarts (halved for cosine_with_min_lr and warmup_stable_decay, as sd-scripts)."""
+    lr_scheduler_power: float = 1.0
+    """Power of the polynomial schedule."""
+    lr_scheduler_timescale: int | None = None
+    """Timescale of inverse_sqrt (None: the warmup steps, or 10,000 without warmup)."""
+    lr_scheduler_min_lr_ratio: float | None = None
+    """Floor of cosine_with_min_lr and warmup_stable_decay as a fraction of the LR."""
+    fused_backward_pass: bool = False
+    """Step each LoRA tensor inside backward as soon as its gradient is complete, then free the gradient."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +166,58 @@ class TrainConfig:
     """Global seed (drawn at random when not given)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Timesteps and noise of each training step (spec 1.9, 5.1, 5.2)."""
+
+    min_timestep: int = 0
+    """Lowest timestep drawn."""
+    max_timestep: int = 1000
+    """Timestep upper bound (exclusive); min >= max puts every sample at max."""
+    noise_offset: float | None = None
+    """Offset noise strength; None or 0 disables."""
+    noise_offset_random_strength: bool = False
+    """Offset strength U(0, 1) x noise_offset, one draw per batch."""
+    adaptive_noise_scale: float | None = None
+    """Adds this x |mean latent| per (sample, channel) to the offset."""
+    multires_noise_iterations: int | None = None
+    """Pyramid noise levels; None or 0 disables."""
+    multires_noise_discount: float = 0.3
+    """Weight discount^i of pyramid level i."""
+    ip_noise_gamma: float | None = None
+    """Input-perturbation noise strength; None or 0 disables."""
+    ip_noise_gamma_random_strength: bool = False
+    """Input-perturbation strength U(0, 1) x ip_noise_gamma, one draw per batch."""
+    zero_terminal_snr: bool = False
+    """Rescale the schedule so the last timestep has zero SNR (SNR weightings keep the original schedule)."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Target, element loss and weighting of each training step (spec 1.9, 5.3 to 5.5)."""
+
+    v_parameterization: bool = False
+    """Predict v = sqrt(a) eps - sqrt(1 - a) x0 instead of eps."""
+    loss_type: str = "l2"
+    """Element loss: l1, l2, huber or smooth_l1."""
+    huber_schedule: str = "snr"
+    """Huber threshold over timesteps: constant, exponential or snr."""
+    huber_c: float = 0.1
+    """Huber parameter."""
+    huber_scale: float = 1.0
+    """Huber scale (constant and exponential schedules)."""
+    min_snr_gamma: float | None = None
+    """Min-SNR weighting gamma; None or 0 disables."""
+    scale_v_pred_loss_like_noise_pred: bool = False
+    """Scale the v-prediction loss by SNR / (SNR + 1)."""
+    v_pred_like_loss: float | None = None
+    """Add this x loss / (SNR / (SNR + 1)) to the loss."""
+    debiased_estimation_loss: bool = False
+    """Weight by 1 / sqrt(SNR) (eps) or 1 / (SNR + 1) (v)."""
+    masked_loss: bool = False
+    """Multiply the element loss by the batch's mask (alpha masks are applied whenever present)."""
 
 
 @dataclass(frozen=True)
@@ -180,3 +250,7 @@ class RunConfig:
     save: SaveConfig
     args: dict = field(default_factory=dict)
     """The effective option values (name -> value), for metadata and --output_config only."""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """Timesteps and noise of each step."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Target, loss and weighting of each step."""

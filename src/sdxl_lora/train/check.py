@@ -9,6 +9,16 @@ from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train.steps import plan_steps, warmup_steps
 
 
+def check_classes(cfg: RunConfig) -> None:
+    """Before any model loads: the optimizer and scheduler classes import (only the chosen package) and accept
+    their --optimizer_args / --lr_scheduler_args; raises ConfigError naming the flag."""
+    from sdxl_lora.train.optim import check_optimizer
+    from sdxl_lora.train.schedulers import check_scheduler
+
+    check_optimizer(cfg.optim)
+    check_scheduler(cfg.optim)
+
+
 def build_check(cfg: RunConfig) -> dict:
     """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning, per subset
     the processed captions of the first epoch for a few images), what
@@ -31,6 +41,7 @@ def build_check(cfg: RunConfig) -> dict:
         "steps_per_epoch": steps.steps_per_epoch,
         "max_train_steps": steps.max_train_steps,
         "num_epochs": steps.num_epochs,
+        "optimizer": cfg.optim.optimizer_type,
         "lr_scheduler": cfg.optim.lr_scheduler,
         "lr_warmup_steps": warmup_steps(cfg.optim.lr_warmup_steps, steps.max_train_steps),
         "trains": {"unet": cfg.network.train_unet, "te1": cfg.network.train_text_encoder,
@@ -59,7 +70,8 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
     lines += [
         f"training images x repeats: {doc['num_train_images']}; regularisation: {doc['num_reg_images']}",
         f"steps: {doc['max_train_steps']} ({doc['steps_per_epoch']} per epoch, {doc['num_epochs']} epochs)",
-        f"learning rate: {doc['lr_scheduler']} schedule, {doc['lr_warmup_steps']} warmup steps",
+        f"optimizer: {doc['optimizer']}; learning rate: {doc['lr_scheduler']} schedule, "
+        f"{doc['lr_warmup_steps']} warmup steps",
         f"trains LoRA on: {trains}",
     ]
     lines += [f"saves: {s['path']} at {s['when']}" for s in doc["saves"]]

@@ -19,10 +19,12 @@ from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.data.batch import Batch
 from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
+from sdxl_lora.train import noise as noise_math
+from sdxl_lora.train.check import check_classes
 from sdxl_lora.train.errors import TrainingDiverged
-from sdxl_lora.train.noise import noisy_latents, sample_timesteps
-from sdxl_lora.train.optim import build_optimizer, build_scheduler
-from sdxl_lora.train.steps import plan_steps, warmup_steps
+from sdxl_lora.train.optim import build_optimizer, set_train_mode
+from sdxl_lora.train.schedulers import build_scheduler
+from sdxl_lora.train.steps import plan_steps
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def run(cfg: RunConfig) -> RunResult:
     session_id, started_at = random.randint(0, 2**32), time.time()
     # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
     model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
+    check_classes(cfg)  # optimizer/scheduler packages and arguments, before any weight is read
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
@@ -73,7 +76,6 @@ def run(cfg: RunConfig) -> RunResult:
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
-    weight_dtype = placement.weight_dtype
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
     latent_source = latent_source_for(cfg, models.vae, dataset, accelerator.device, placement.highvram)
@@ -97,8 +99,7 @@ def run(cfg: RunConfig) -> RunResult:
                       cfg.train.max_train_epochs, accelerator.num_processes)
     dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
     optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim))
-    scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
-                                warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
+    scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes)
     optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
     # Only models that train are prepared (DDP refuses a model without trainable parameters).
     unet = accelerator.prepare(models.unet) if cfg.network.train_unet else models.unet
@@ -112,7 +113,9 @@ def run(cfg: RunConfig) -> RunResult:
 
     saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
                      optimizer=optimizer, model_hashes=model_hashes, num_processes=accelerator.num_processes)
-    alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
+    parts = step_parts(models, unet, latent_source, text_source, accelerator, placement, cfg)
+    # A dedicated generator for timesteps and noise (one stream per process), separate from data shuffling.
+    noise_generator = torch.Generator(accelerator.device).manual_seed(cfg.train.seed + accelerator.process_index)
     step_losses: list[float] = []
     progress = _progress(plan.max_train_steps, accelerator.is_main_process)
     global_step = 0
@@ -122,25 +125,10 @@ def run(cfg: RunConfig) -> RunResult:
         handles.train()  # LoRA dropouts act in training mode, in the text encoders too
         for batch in loader:
             with accelerator.accumulate(unet, te1, te2):
-                # Latents and the noise drawn like them are in the VAE dtype (float32 with --no_half_vae), and
-                # so is the loss target; only the U-Net input is cast to the weight dtype (spec 5.2, 5.6).
-                latents = latent_source.latents(batch).to(placement.vae_dtype)
-                with accelerator.autocast():
-                    context, pooled = text_source.conditioning(batch)
-                # The six size integers stay float32 (bf16 would turn 1365 into 1368); the U-Net casts only
-                # their sinusoidal embedding to its dtype.
-                time_ids = size_conditioning(batch).to(accelerator.device, torch.float32)
-                noise = torch.randn_like(latents)
-                timesteps = sample_timesteps(latents.shape[0], 0, 1000, latents.device)
-                noisy = noisy_latents(alphas_cumprod, latents, noise, timesteps)
-                with accelerator.autocast():
-                    pred = unet(noisy.to(weight_dtype), timesteps, context.to(weight_dtype),
-                                added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids}
-                                ).sample
-                per_sample = losses.per_sample_l2(pred, noise, batch.masks)
-                loss = losses.weighted_mean(per_sample, batch.loss_weights.to(accelerator.device))
+                loss = training_step(batch, parts, cfg, noise_generator)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                # With --fused_backward_pass the optimizer already stepped (and clipped) each tensor in backward.
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
                     accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
                                                 cfg.optim.max_grad_norm)
                 optimizer.step()
@@ -163,9 +151,65 @@ def run(cfg: RunConfig) -> RunResult:
     progress.close()
 
     accelerator.wait_for_everyone()
+    set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
     path = saver.save_final(steps=global_step, epochs=plan.num_epochs) if accelerator.is_main_process else None
     accelerator.end_training()
     return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """What a training step reads besides the batch; built once per run."""
+
+    unet: object
+    latent_source: object
+    """Where latents come from (live VAE or a cache; data/sources.py)."""
+    text_source: object
+    """Where text conditioning comes from (live encoders or a cache)."""
+    accelerator: object
+    alphas_cumprod: torch.Tensor
+    """The noise schedule (rescaled with --zero_terminal_snr)."""
+    snr: torch.Tensor
+    """SNR of the original schedule: sd-scripts computes it before the zero-terminal rescale (spec 5.1)."""
+    weight_dtype: torch.dtype
+    vae_dtype: torch.dtype
+
+
+def step_parts(models, unet, latent_source, text_source, accelerator, placement, cfg: RunConfig) -> StepParts:
+    """The schedule on the device (SNR taken before any zero-terminal rescale) and the models a step calls."""
+    alphas_cumprod = models.noise_scheduler.alphas_cumprod.to(accelerator.device)
+    snr_table = noise_math.snr(alphas_cumprod)
+    if cfg.noise.zero_terminal_snr:
+        alphas_cumprod = noise_math.zero_terminal_snr(alphas_cumprod)
+    return StepParts(unet, latent_source, text_source, accelerator, alphas_cumprod, snr_table, placement.weight_dtype,
+                     placement.vae_dtype)
+
+
+def training_step(batch: Batch, parts: StepParts, cfg: RunConfig, generator: torch.Generator) -> torch.Tensor:
+    """One micro-batch's loss (spec 5.2 to 5.4): latents and conditioning, then timesteps and noise, the U-Net
+    prediction, the target and the loss, each from a pure function of noise.py / loss.py."""
+    acc, wd = parts.accelerator, parts.weight_dtype
+    # Latents and the noise drawn like them are in the VAE dtype (float32 with --no_half_vae), and so is the
+    # loss target; only the U-Net input is cast to the weight dtype (spec 5.2, 5.6).
+    latents = parts.latent_source.latents(batch).to(parts.vae_dtype)
+    with acc.autocast():
+        context, pooled = parts.text_source.conditioning(batch)
+    # The six size integers stay float32 (bf16 would turn 1365 into 1368); the U-Net casts only their
+    # sinusoidal embedding to its dtype.
+    time_ids = size_conditioning(batch).to(acc.device, torch.float32)
+    # Draw order as sd-scripts: noise (offset, pyramid), timesteps, input perturbation.
+    noise = noise_math.draw_noise(latents, cfg.noise, generator)
+    timesteps = noise_math.sample_timesteps(latents.shape[0], cfg.noise.min_timestep, cfg.noise.max_timestep,
+                                            latents.device, generator)
+    noisy = noise_math.noisy_latents(parts.alphas_cumprod, latents,
+                                     noise_math.input_perturbation(noise, cfg.noise, generator), timesteps)
+    with acc.autocast():
+        pred = parts.unet(noisy.to(wd), timesteps, context.to(wd),
+                          added_cond_kwargs={"text_embeds": pooled.to(wd), "time_ids": time_ids}).sample
+    target = (noise_math.velocity(parts.alphas_cumprod, latents, noise, timesteps)
+              if cfg.loss.v_parameterization else noise)
+    return losses.training_loss(pred, target, timesteps, cfg=cfg.loss, alphas_cumprod=parts.alphas_cumprod,
+                                snr_table=parts.snr, loss_weights=batch.loss_weights.to(acc.device), mask=batch.masks)
 
 
 def diagnose_non_finite(step: int, batch: Batch, cfg: RunConfig, lrs: list[float]) -> str:

@@ -32,7 +32,7 @@ class RunSaver:
             session_id=session_id, training_started_at=started_at,
             num_train_images=dataset.num_train_images, num_reg_images=dataset.num_reg_images,
             num_batches_per_epoch=plan.batches_per_epoch, num_epochs=plan.num_epochs,
-            optimizer=_optimizer_name(optimizer),
+            optimizer=_optimizer_name(optimizer, cfg),
             text_encoder_lr=md.effective_text_encoder_lr(cfg.optim.text_encoder_lr),
             datasets=dataset.metadata_datasets(), tag_frequency=dataset.tag_frequency(),
             dataset_dirs=dataset.dataset_dirs(), reg_dataset_dirs=dataset.dataset_dirs(reg=True),
@@ -85,7 +85,10 @@ class RunSaver:
             log.info("%s: every key maps onto an SDXL module", path.name)
 
 
-def _optimizer_name(optimizer) -> str:
-    inner = getattr(optimizer, "optimizer", optimizer)
-    cls = type(inner)
-    return f"{cls.__module__}.{cls.__name__}"
+def _optimizer_name(optimizer, cfg: RunConfig) -> str:
+    """ss_optimizer as sd-scripts writes it: 'module.Class', then '(key=value,...)' of the arguments used."""
+    from sdxl_lora.train.optim import optimizer_kwargs
+
+    cls = type(getattr(optimizer, "optimizer", optimizer))
+    args = ",".join(f"{key}={value}" for key, value in optimizer_kwargs(cfg.optim).items())
+    return f"{cls.__module__}.{cls.__name__}" + (f"({args})" if args else "")
