@@ -134,7 +134,9 @@ def _precision(v: dict) -> list[str]:
 
 def _noise_and_loss(v: dict) -> list[str]:
     out = []
-    if v.get("adaptive_noise_scale") is not None and not v.get("noise_offset"):
+    # A zero scale is a no-op (GUI configs write adaptive_noise_scale = 0 beside noise_offset = 0); a non-zero
+    # scale without an offset would be silently ignored (sd-scripts applies it only inside the offset).
+    if v.get("adaptive_noise_scale") and not v.get("noise_offset"):
         out.append("--adaptive_noise_scale needs --noise_offset")
     if v.get("scale_v_pred_loss_like_noise_pred") and not v.get("v_parameterization"):
         out.append("--scale_v_pred_loss_like_noise_pred needs --v_parameterization")

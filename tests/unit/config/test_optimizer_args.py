@@ -136,3 +136,11 @@ def test_noise_and_loss_rules():
     assert "--v_pred_like_loss cannot be used with --v_parameterization" in problems
     assert "--huber_c=0.0: must be in (0, 1] (the exponential and snr schedules need it)" in problems
     assert "--min_snr_gamma=-1.0: must be a finite number, not negative" in problems
+
+
+def test_a_zero_adaptive_noise_scale_without_offset_is_a_no_op_not_an_error():
+    # kohya_ss GUI configs write adaptive_noise_scale = 0 next to noise_offset = 0.
+    assert "--adaptive_noise_scale needs --noise_offset" not in _problems("--adaptive_noise_scale=0",
+                                                                          "--noise_offset=0")
+    assert "--adaptive_noise_scale needs --noise_offset" in _problems("--adaptive_noise_scale=0.02",
+                                                                      "--noise_offset=0")
