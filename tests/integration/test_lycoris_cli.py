@@ -59,6 +59,20 @@ def test_locon_file_has_lycoris_keys_sgm_names_alphas_and_metadata(locon):
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
 
 
+def test_self_check_finds_every_locon_module_in_sdxl_and_flags_a_stray_key(locon, tmp_path):
+    from safetensors.torch import save_file
+
+    from sdxl_lora.network.selfcheck import check_saved
+
+    models = {"unet": locon.models.unet, "te1": locon.models.text_encoder_1, "te2": locon.models.text_encoder_2}
+    assert check_saved(locon.output_path, models) == []
+    state, meta = _read(locon.output_path)
+    state["lora_unet_input_blocks_99_1_proj_in.hada_w1_a"] = torch.zeros(1)
+    save_file(state, tmp_path / "stray.safetensors", metadata=meta)
+    problems = check_saved(tmp_path / "stray.safetensors", models)
+    assert len(problems) == 1 and problems[0].startswith("lora_unet_input_blocks_99_1_proj_in")
+
+
 def _outputs(unet, seed=0):
     g = torch.Generator().manual_seed(seed)
     sample = torch.randn(1, 4, 8, 8, generator=g)

@@ -170,15 +170,18 @@ def build_lycoris(unet: nn.Module, te1: nn.Module, te2: nn.Module, cfg: NetworkC
         wd_on_out=args.wd_on_output, full_matrix=args.full_matrix, bypass_mode=args.bypass_mode,
         rs_lora=False, unbalanced_factorization=args.unbalanced_factorization, warn_on_unmatched=False)
     network.apply_to([te1, te2], unet, apply_text_encoder=cfg.train_text_encoder, apply_unet=cfg.train_unet)
-    device = next(unet.parameters()).device
-    network.to(device)
-    network.requires_grad_(True)
     models: dict[Component, nn.Module] = {}
     if cfg.train_unet:
         models["unet"] = unet
     if cfg.train_text_encoder:
         models["te1"], models["te2"] = te1, te2
     names, components = _name_maps(models, {m.lora_name for m in network.loras})
+    # Each LyCORIS module also becomes a child of the layer it patches (as peft's layers are), so that the
+    # model's .to() moves it and a prepared (DDP) model synchronises its gradients.
+    for module in network.loras:
+        module.org_module[0].add_module("lycoris", module)
+    network.to(next(unet.parameters()).device)
+    network.requires_grad_(True)
     handles = LycorisHandles(network=network, models=models, names=names, components=components)
     for component in models:
         if not handles.parameters(component):
