@@ -267,11 +267,12 @@ CASES = (
     Case("toml_syntax_error", _syntax_error, ("broken.toml", "line 2")),
     Case("dataset_config_not_found", lambda r: r.argv(dataset_config=r.tmp / "missing_dataset.toml"),
          ("--dataset_config", "missing_dataset.toml")),
-    Case("toml_not_supported_yet_key", lambda r: r.argv(dataset_config=r.toml(general={"shuffle_caption": "true"})),
-         ("general.shuffle_caption", "not supported yet")),
-    Case("in_json_not_supported",
-         lambda r: r.argv(drop=("dataset_config",), in_json=_write_bytes(r.tmp / "m.json", b"{}")),
-         ("--in_json", "not supported yet")),
+    Case("toml_not_supported_yet_key",
+         lambda r: r.argv(dataset_config=r.toml(dataset={"validation_split": "0.1"})),
+         ("datasets[0].validation_split", "not supported yet")),
+    Case("in_json_missing",
+         lambda r: r.argv(drop=("dataset_config",), in_json=r.tmp / "missing.json", resolution="64"),
+         ("--in_json", "missing.json")),
     # DreamBooth folders.
     Case("dreambooth_no_image_left", _dreambooth, ("--train_data_dir", "no training images left", "sks_dog")),
     Case("dreambooth_without_resolution", lambda r: _dreambooth(r, ok=True, resolution=None),
@@ -297,8 +298,9 @@ CASES = (
     Case("not_supported_yet_in_config_file", lambda r: _config_file(r, "[sample_prompt_arguments]\n"
                                                                        "sample_every_n_epochs = 1\n"),
          ("--sample_every_n_epochs", "not supported yet")),
-    Case("caption_separator_not_yet", lambda r: r.argv(dataset_config=r.toml(subset={"caption_separator": "';'"})),
-         ("subsets[0].caption_separator", "not supported yet")),
+    Case("caption_tag_dropout_above_one",
+         lambda r: r.argv(dataset_config=r.toml(subset={"caption_tag_dropout_rate": "1.5"})),
+         ("subsets[0].caption_tag_dropout_rate", "between 0 and 1")),
     # Found by this corpus and fixed: each used to crash or pass validation.
     Case("toml_min_bucket_reso_zero", lambda r: r.argv(dataset_config=r.toml(dataset={"min_bucket_reso": "0"})),
          ("datasets[0].min_bucket_reso",)),
@@ -373,7 +375,7 @@ CASES_BY_ID = {case.id: case for case in CASES}
 @pytest.mark.parametrize("case_id", [
     "max_train_steps_not_int", "unknown_flag_did_you_mean", "toml_bucket_steps_20", "config_file_flag_as_string",
     "dreambooth_no_image_left",
-    "no_dataset", "in_json_not_supported",
+    "no_dataset", "in_json_missing",
     "toml_resolution_wrong_type",
 ])
 def test_one_problem_is_one_line(case_id, tmp_path, capsys, tiny_model_dir):

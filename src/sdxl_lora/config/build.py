@@ -39,7 +39,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
-        problems += validate_datasets(datasets, cache_latents=bool(values.get("cache_latents")))
+        problems += validate_datasets(datasets, cache_latents=bool(values.get("cache_latents")),
+                                      masked_loss=bool(values.get("masked_loss")))
         problems += check_dataset_rules(values, datasets)
     if problems:
         raise ConfigError(problems)
@@ -126,9 +127,14 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
     data = DataConfig(
         datasets=tuple(datasets), cache_latents=bool(v.get("cache_latents")),
         vae_batch_size=int(v.get("vae_batch_size") or 1),
+        cache_latents_to_disk=bool(v.get("cache_latents_to_disk")),
+        cache_text_encoder_outputs=bool(v.get("cache_text_encoder_outputs")),
+        cache_text_encoder_outputs_to_disk=bool(v.get("cache_text_encoder_outputs_to_disk")),
+        skip_cache_check=bool(v.get("skip_cache_check")),
         max_data_loader_n_workers=int(v.get("max_data_loader_n_workers") or 0),
         persistent_data_loader_workers=bool(v.get("persistent_data_loader_workers")),
         prior_loss_weight=float(v.get("prior_loss_weight") if v.get("prior_loss_weight") is not None else 1.0),
+        masked_loss=bool(v.get("masked_loss")), skip_bad_files=bool(v.get("skip_bad_files")),
     )
     optim = OptimConfig(
         optimizer_type=v.get("optimizer_type") or "AdamW", learning_rate=float(v["learning_rate"]),

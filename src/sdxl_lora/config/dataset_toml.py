@@ -230,6 +230,9 @@ def read_datasets(dataset_config: Path | None,
     problems = Problems()
     cli_layer = _cli_layer(cli, problems)
     datasets: tuple[DatasetConfig, ...] = ()
+    if cli.get("conditioning_data_dir"):
+        logger.warning("--conditioning_data_dir is ignored, as by sd-scripts' LoRA trainer: set "
+                       "conditioning_data_dir in a [[datasets.subsets]] table of --dataset_config (with --masked_loss)")
     try:
         if dataset_config is not None:
             for flag in ("train_data_dir", "reg_data_dir", "in_json"):
@@ -238,7 +241,7 @@ def read_datasets(dataset_config: Path | None,
             raw = _read_file(Path(dataset_config))
             datasets = _datasets_from_file(raw, str(dataset_config), cli_layer, problems)
         elif cli.get("in_json"):
-            pass  # --in_json is refused as "not supported yet" by the option table
+            datasets = _dataset_from_metadata(cli, cli_layer, problems)
         elif cli.get("train_data_dir"):
             datasets = _datasets_from_folders(cli, cli_layer, problems)
         else:
@@ -469,6 +472,19 @@ def _datasets_from_folders(cli: dict, cli_layer: dict, problems: Problems) -> tu
     for line in skipped:  # when no image is left, the error above says it instead
         logger.warning("%s", line)
     dataset = _build_dataset(subsets, [], cli_layer, "", _flag_origin(""), problems, tuple(skipped))
+    return (dataset,) if dataset is not None else ()
+
+
+def _dataset_from_metadata(cli: dict, cli_layer: dict, problems: Problems) -> tuple[DatasetConfig, ...]:
+    """One fine-tuning dataset from --in_json, relative image names under --train_data_dir (spec 2.7)."""
+    if cli.get("reg_data_dir"):
+        logger.warning("--reg_data_dir is ignored with --in_json (as sd-scripts: fine-tuning has no "
+                       "regularisation images)")
+    layers = [("--in_json", {"metadata_file": str(cli["in_json"])})]
+    if cli.get("train_data_dir"):
+        layers.append(("--train_data_dir", {"image_dir": str(cli["train_data_dir"])}))
+    subset = _build_subset(layers, cli_layer, "--in_json", _flag_origin("--in_json"))
+    dataset = _build_dataset([subset], [], cli_layer, "", _flag_origin(""), problems)
     return (dataset,) if dataset is not None else ()
 
 

@@ -97,12 +97,24 @@ class DataConfig:
     """Encode every image once with the VAE before training, keep latents in memory."""
     vae_batch_size: int = 1
     """Batch size for latent caching."""
+    cache_latents_to_disk: bool = False
+    """Keep cached latents in files in each image folder's .sdxl-lora-cache instead of in memory."""
+    cache_text_encoder_outputs: bool = False
+    """Encode every caption (variant) once before training; the text encoders must be frozen."""
+    cache_text_encoder_outputs_to_disk: bool = False
+    """Keep cached text-encoder outputs in files in each image folder's .sdxl-lora-cache."""
+    skip_cache_check: bool = False
+    """Trust existing cache files without reading them (a missing or stale entry is still encoded)."""
     max_data_loader_n_workers: int = 8
     """DataLoader workers (min with CPU count)."""
     persistent_data_loader_workers: bool = False
     """Keep DataLoader workers alive between epochs."""
     prior_loss_weight: float = 1.0
     """Loss weight of regularisation images."""
+    masked_loss: bool = False
+    """Multiply the loss by conditioning_data_dir masks (alpha masks apply either way)."""
+    skip_bad_files: bool = False
+    """Leave unusable image, caption and mask files out (with a warning) instead of stopping."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Aspect-ratio buckets and SDXL crop conditioning (spec 2.6, 2.8): pure math on (width, height) pairs.
 
-Sizes are (width, height) throughout this module except `crop_top_left`, which returns (top, left) like the
-SDXL conditioning it feeds.
+Sizes and offsets are (width, height) / (left, top) throughout this module except `crop_top_left`, which
+returns (top, left) like the SDXL conditioning it feeds.
 """
 
 from __future__ import annotations
@@ -50,32 +50,37 @@ def cover_size(size: Size, bucket: Size) -> Size:
     return int(width * scale + 0.5), int(height * scale + 0.5)
 
 
-def _round_to_step(x: float, step: int) -> int:
-    rounded = int(x + 0.5)
-    return rounded - rounded % step
+NO_UPSCALE_MAX_CROP = 0.1
+"""bucket_no_upscale: the most of either side of the shrunk image that the chosen bucket may crop away."""
 
 
-def no_upscale_size(size: Size, max_area: int, step: int) -> Size:
-    """bucket_no_upscale: shrink images larger than max_area to about max_area, never enlarge.
+def no_upscale_bucket(size: Size, max_area: int, step: int) -> Size:
+    """bucket_no_upscale: the bucket of an image larger than max_area.
 
-    Of the two candidates (width snapped to the grid, or height snapped) the one whose snapped aspect is
-    strictly closer to the image's keeps its exact side; ties go to the height candidate.
+    Candidates are the boxes on the `step` grid, of area <= max_area, that the image shrunk (never enlarged)
+    until one side lands exactly on the grid covers. Of those that crop at most NO_UPSCALE_MAX_CROP of either
+    side, the largest wins (ties: the one cropping less); if none does, the one cropping least. sd-scripts
+    instead compares the aspect errors of two rounded candidates and can lose a whole step (3072x3000 at
+    1024: 960x960, here 1024x1024; sd-scripts PR 2352).
     """
     width, height = size
-    if width * height <= max_area:
-        return size
-    aspect = width / height
-    scaled_w = math.sqrt(max_area * aspect)
-    scaled_h = max_area / scaled_w
-    by_w = _round_to_step(scaled_w, step)
-    by_h = _round_to_step(scaled_h, step)
-    h_for_w = _round_to_step(by_w / aspect, step)
-    w_for_h = _round_to_step(by_h * aspect, step)
-    error_w = abs(by_w / h_for_w - aspect) if h_for_w else math.inf
-    error_h = abs(w_for_h / by_h - aspect) if by_h else math.inf
-    if error_w < error_h:
-        return by_w, int(by_w / aspect + 0.5)
-    return int(by_h * aspect + 0.5), by_h
+    best: tuple | None = None
+    for side, other, turned in ((width, height, False), (height, width, True)):
+        first = max(1, int(math.sqrt(max_area * side / other)) // step)
+        for k in range(first, side // step + 1):
+            exact = k * step
+            floored = (exact * other // side) // step * step
+            if exact * floored > max_area:
+                break  # areas only grow with k
+            if floored == 0:
+                continue
+            bucket = (floored, exact) if turned else (exact, floored)
+            resized = cover_size(size, bucket)
+            crop = max(1 - bucket[0] / resized[0], 1 - bucket[1] / resized[1])
+            fits = crop <= NO_UPSCALE_MAX_CROP
+            score = (fits, bucket[0] * bucket[1] if fits else 0, -crop, bucket)
+            best = score if best is None or score[:3] > best[:3] else best
+    return best[3] if best is not None else (0, 0)
 
 
 def floor_to_step(size: Size, step: int) -> Size:
@@ -83,24 +88,24 @@ def floor_to_step(size: Size, step: int) -> Size:
     return size[0] - size[0] % step, size[1] - size[1] % step
 
 
-def crop_top_left(bucket: Size, original: Size, flipped: bool) -> tuple[int, int]:
-    """SDXL crop conditioning (top, left): where the original, fitted *inside* the bucket, would sit.
+def centre_offset(resized: Size, bucket: Size) -> tuple[int, int]:
+    """(left, top) of a bucket-sized window centred in the resized image: half the excess, rounded down."""
+    return max(0, resized[0] - bucket[0]) // 2, max(0, resized[1] - bucket[1]) // 2
 
-    Follows Stability's preprocessing as sd-scripts does (spec 2.8): fit by height when the bucket is wider
-    than the image, else by width; centre; on a horizontal flip left becomes bucket_w - right. It describes
-    a letterbox, not the crop actually applied (a known sd-scripts quirk, kept for compatibility).
+
+def crop_top_left(resized: Size, bucket: Size, offset: tuple[int, int], flipped: bool) -> tuple[int, int]:
+    """SDXL crop conditioning (top, left): the pixels cut off the top and left of the resized image by the crop
+    actually applied, as the SDXL paper defines c_crop. `offset` is the window's (left, top); a horizontally
+    flipped sample is seen from the other side, so its left is what was cut off the right:
+    resized_w - bucket_w - left.
+
+    sd-scripts instead computes a letterbox position from the sizes alone (spec 2.8 [quirk]), which
+    ignores the crop (and random crops); we condition on what the model actually sees.
     """
-    bucket_w, bucket_h = bucket
-    image_aspect = original[0] / original[1]
-    if bucket_w / bucket_h > image_aspect:
-        fit_w, fit_h = bucket_h * image_aspect, bucket_h
-    else:
-        fit_w, fit_h = bucket_w, bucket_w / image_aspect
-    left = (bucket_w - fit_w) // 2
-    top = (bucket_h - fit_h) // 2
+    left, top = offset
     if flipped:
-        left = bucket_w - (left + fit_w)
-    return int(top), int(left)
+        left = max(0, resized[0] - bucket[0]) - left
+    return top, left
 
 
 @dataclass(frozen=True)
@@ -117,8 +122,10 @@ class Bucketing:
     def fit(self, size: Size) -> tuple[Size, Size]:
         """(bucket, resized size) for an image of `size`; resized covers the bucket."""
         if self.buckets is None:
-            resized = no_upscale_size(size, self.max_area, self.step)
-            return floor_to_step(resized, self.step), resized
+            if size[0] * size[1] <= self.max_area:  # not shrunk: the excess below the grid is cropped
+                return floor_to_step(size, self.step), size
+            bucket = no_upscale_bucket(size, self.max_area, self.step)
+            return bucket, cover_size(size, bucket) if min(bucket) > 0 else size
         bucket = nearest_bucket(size, list(self.buckets))
         return bucket, cover_size(size, bucket)
 

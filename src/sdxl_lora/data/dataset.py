@@ -2,8 +2,9 @@
 
 Use with `DataLoader(datasets, batch_size=1, shuffle=False, collate_fn=collate_first)`: TrainDatasets orders
 the batches of all datasets itself, seeded per epoch (sd-scripts shuffles them together with the loader).
-Models are not touched here: `iter_images_for_cache` hands out the images to encode, and `set_latents` takes
-the encoded latents back as a mapping keyed by LatentKey (a plain dict pickles into DataLoader workers).
+Models are not touched here: `latent_jobs` lists the latents to cache, and `set_latents` takes the cache back
+as a mapping keyed by LatentKey (a dict in memory or latent_cache.DiskLatents; both pickle into DataLoader
+workers).
 """
 
 from __future__ import annotations
@@ -11,45 +12,33 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from sdxl_lora.config.dataset_toml import DatasetConfig, SubsetConfig
+from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.data import metadata
-from sdxl_lora.data.buckets import Size, crop_top_left
-from sdxl_lora.data.images import prepare_image
+from sdxl_lora.data.batch import Batch
+from sdxl_lora.data.buckets import Size, centre_offset, crop_top_left
+from sdxl_lora.data.captions import process_caption
+from sdxl_lora.data.images import crop_offset, face_box, face_crop_window, prepare_image, prepare_mask
+from sdxl_lora.data.latent_cache import LatentJob, LatentKey
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
+from sdxl_lora.data.text_cache import TextJob
 
-LatentKey = tuple[str, Size, bool]
-"""(image path, bucket (w, h), flipped): one cached latent. The bucket tells apart the same file in two
-datasets of different resolution."""
-
-_WILDCARD = re.compile(r"\{([^{}]*)\}")
-
-
-def final_caption(caption: str, subset: SubsetConfig, rng: random.Random) -> str:
-    """The caption fed to the text encoders: one random line and `{a|b}` choices with enable_wildcard,
-    then caption_prefix / caption_suffix joined with a space."""
-    if subset.enable_wildcard:
-        caption = rng.choice(caption.split("\n"))
-    if subset.caption_prefix:
-        caption = f"{subset.caption_prefix} {caption}"
-    if subset.caption_suffix:
-        caption = f"{caption} {subset.caption_suffix}"
-    if subset.enable_wildcard:
-        caption = _WILDCARD.sub(lambda m: rng.choice(m.group(1).split("|")), caption)
-    return caption
+Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+"""captions -> (input_ids_1, input_ids_2), each (B, n, 77): a picklable function (functools.partial of
+models.text.tokenize with both tokenizers) so that it runs in DataLoader workers."""
 
 
 class TrainDataset(Dataset):
     """One dataset's batches; `set_epoch` reshuffles them like sd-scripts (seeded by seed + epoch)."""
 
     def __init__(self, plan: DatasetPlan, *, seed: int, prior_loss_weight: float = 1.0,
-                 latents: Mapping[LatentKey, torch.Tensor] | None = None):
+                 latents: Mapping[LatentKey, torch.Tensor] | None = None, tokenize: Tokenize | None = None):
         self.plan = plan
+        self.tokenize = tokenize
         self.seed = seed
         self.prior_loss_weight = prior_loss_weight
         self.latents = latents
@@ -61,34 +50,75 @@ class TrainDataset(Dataset):
         # Shared with DataLoader workers, so that set_epoch reaches persistent workers too.
         self._epoch = multiprocessing.RawValue("i", 0)
         self._order_epoch: int | None = None
+        self.max_train_steps, self.accumulation = 0, 1
+        self.caption_variants = 0
 
     def set_latents(self, latents: Mapping[LatentKey, torch.Tensor] | None) -> None:
         """Serve cached latents (C, h, w) instead of decoding images; None goes back to images."""
         self.latents = latents
 
-    def iter_images_for_cache(self, batch_size: int) -> Iterator[tuple[list[LatentKey], torch.Tensor]]:
-        """Every image that trains (repeats > 0) once, and flipped too with flip_aug, centre-cropped to its
-        bucket, in same-bucket chunks of up to `batch_size`: (keys, images (n, 3, H, W))."""
-        by_bucket: dict[Size, list[tuple[ImagePlan, bool]]] = {}
+    def set_schedule(self, max_train_steps: int, gradient_accumulation_steps: int = 1) -> None:
+        """The run's length, for token warmup (a batch's step is derived from its epoch and index)."""
+        self.max_train_steps, self.accumulation = max_train_steps, max(1, gradient_accumulation_steps)
+
+    def latent_jobs(self) -> list[LatentJob]:
+        """Every latent the cache must hold: each image that trains (repeats > 0) at its bucket, centre-cropped,
+        and flipped too with flip_aug."""
+        jobs = []
         for image in self.plan.images:
             if image.repeats > 0:
-                flips = (False, True) if self.plan.config.subsets[image.subset_index].flip_aug else (False,)
-                by_bucket.setdefault(image.bucket, []).extend((image, flip) for flip in flips)
-        for bucket in sorted(by_bucket):
-            entries = by_bucket[bucket]
-            for start in range(0, len(entries), batch_size):
-                chunk = entries[start:start + batch_size]
-                pixels = [self._pixels(image, flip, None)[0] for image, flip in chunk]
-                yield [(image.path, image.bucket, flip) for image, flip in chunk], torch.stack(pixels)
+                subset = self.plan.config.subsets[image.subset_index]
+                crop = centre_offset(image.resized_size, image.bucket)
+                jobs += [LatentJob(latent_key(image, crop, flip), image.resized_size, subset.resize_interpolation)
+                         for flip in ((False, True) if subset.flip_aug else (False,))]
+        return jobs
 
-    def _pixels(self, image: ImagePlan, flip: bool, crop_rng: random.Random | None):
+    def set_caption_variants(self, variants: int) -> None:
+        """With `variants` > 0 each image trains, each epoch, with one of its `variants` processed captions
+        (caption_variant), so that the text-encoder cache holds every caption a batch can carry."""
+        self.caption_variants = variants
+
+    def caption_variant(self, image: ImagePlan, variant: int, epoch: int) -> str:
+        """Processed caption number `variant` of `image`: random choices drawn once per variant; the epoch only
+        decides caption_dropout_every_n_epochs (then the caption is empty)."""
+        rng = random.Random(f"{self.seed}:caption:{image.path}:{variant}")
+        return process_caption(image.caption, self.plan.config.subsets[image.subset_index], rng, epoch=epoch,
+                               step=0, max_train_steps=self.max_train_steps)
+
+    def _variant(self, image: ImagePlan, epoch: int) -> int:
+        return random.Random(f"{self.seed}:{epoch}:variant:{image.path}").randrange(self.caption_variants)
+
+    def text_jobs(self) -> list[TextJob]:
+        """Every caption a batch can carry once set_caption_variants is on: each variant of each image that
+        trains, and the empty caption when a subset uses caption_dropout_every_n_epochs."""
+        jobs = []
+        for image in self.plan.images:
+            if image.repeats > 0:
+                captions = {self.caption_variant(image, v, 0) for v in range(max(1, self.caption_variants))}
+                if self.plan.config.subsets[image.subset_index].caption_dropout_every_n_epochs > 0:
+                    captions.add("")
+                jobs += [TextJob(caption, image.path) for caption in sorted(captions)]
+        return jobs
+
+    def _window(self, image: ImagePlan, rng: random.Random) -> tuple[Size, tuple[int, int]]:
+        """(resized size, crop window (left, top)) of one sample: centred, random_crop, or face_crop_aug_range
+        around the face named in the file name."""
         subset = self.plan.config.subsets[image.subset_index]
-        return prepare_image(image.path, bucket=image.bucket, resized=image.resized_size,
-                             interpolation=subset.resize_interpolation, crop_rng=crop_rng, flip=flip,
-                             alpha_mask=subset.alpha_mask)
+        face = face_box(image.path) if subset.face_crop_aug_range else None
+        if face is not None:
+            return face_crop_window(image.original_size, image.bucket, face, subset.face_crop_aug_range, rng)
+        return image.resized_size, crop_offset(image.resized_size, image.bucket,
+                                               rng if subset.random_crop else None)
+
+    def _pixels(self, image: ImagePlan, key: LatentKey, color_rng: random.Random | None,
+                resized: Size | None = None):
+        subset = self.plan.config.subsets[image.subset_index]
+        return prepare_image(image.path, bucket=image.bucket, resized=resized or image.resized_size,
+                             interpolation=subset.resize_interpolation, offset=key.crop, flip=key.flip,
+                             alpha_mask=subset.alpha_mask, color_rng=color_rng)
 
     def set_epoch(self, epoch: int) -> None:
-        """Order of batches and of images inside buckets for `epoch` (depends on seed and epoch only)."""
+        """Order of batches and of images inside buckets for 0-based `epoch` (depends on seed and epoch only)."""
         self._epoch.value = epoch
 
     def _order(self) -> tuple[list[tuple[int, int]], list[list[int]]]:
@@ -114,50 +144,71 @@ class TrainDataset(Dataset):
         chosen = buckets[b][j * self.batch_size:(j + 1) * self.batch_size]
         return [self.plan.images[k] for k in chosen]
 
-    def __getitem__(self, index: int) -> dict:
-        """One batch: images (B,3,H,W) or, after set_latents, latents (B,C,h,w); captions; original_size_hw,
-        crop_top_left and target_size_hw (B,2) int64; loss_weights (B,); paths; latent_keys; custom_attributes;
-        and alpha_masks (B,H,W) when a subset of the batch uses alpha_mask."""
+    def __getitem__(self, index: int) -> Batch:
+        return self.batch(index, step=(self._epoch.value * len(self) + index) // self.accumulation)
+
+    def captions(self, index: int, step: int) -> list[str]:
+        """The processed captions of batch `index` of the current epoch at optimizer step `step`, from their
+        own generator, so that they can be shown (sdxl-lora check) without reading any image."""
+        epoch = self._epoch.value
+        if self.caption_variants:  # text-encoder outputs are cached: one of each image's cached captions
+            return [self.caption_variant(image, self._variant(image, epoch), epoch)
+                    for image in self.batch_images(index)]
+        rng = random.Random(f"{self.seed}:{epoch}:{index}:captions")
+        return [process_caption(image.caption, self.plan.config.subsets[image.subset_index], rng, epoch=epoch,
+                                step=step, max_train_steps=self.max_train_steps)
+                for image in self.batch_images(index)]
+
+    def batch(self, index: int, step: int) -> Batch:
+        """Batch `index` of the current epoch, captions as at optimizer step `step` (token warmup); tokenized
+        here, in the loader worker, when the dataset has a tokenizer."""
         images = self.batch_images(index)
-        # One generator per batch: flips and random crops do not depend on DataLoader worker scheduling.
+        # One generator per batch: flips and crops do not depend on DataLoader worker scheduling.
         rng = random.Random(f"{self.seed}:{self._epoch.value}:{index}")
-        pixels, latents, masks, captions, crops, attributes, keys = [], [], [], [], [], [], []
+        captions = self.captions(index, step)
+        pixels, latents, masks, crops, keys = [], [], [], [], []
         for image in images:
             subset = self.plan.config.subsets[image.subset_index]
             flip = subset.flip_aug and rng.random() < 0.5
+            resized, crop = self._window(image, rng)
+            key = latent_key(image, crop, flip)
             mask = None
             if self.latents is not None:
-                latents.append(self.latents[(image.path, image.bucket, flip)])
+                latents.append(self.latents[key])
             if self.latents is None or subset.alpha_mask:  # with latents, decode only for the alpha mask
-                tensor, mask = self._pixels(image, flip, rng if subset.random_crop else None)
+                tensor, mask = self._pixels(image, key, rng if subset.color_aug else None, resized)
                 pixels.append(tensor)
+            if image.mask_path is not None:
+                mask = prepare_mask(image.mask_path, original=image.original_size, bucket=image.bucket,
+                                    resized=resized, offset=crop, flip=flip)
             masks.append(mask)
-            keys.append((image.path, image.bucket, flip))
-            captions.append(final_caption(image.caption, subset, rng))
-            crops.append(crop_top_left(image.bucket, image.original_size, flip))
-            attributes.append(dict(subset.custom_attributes))
-        batch = self._collate(images, pixels, latents, masks, captions, crops, attributes)
-        batch["latent_keys"] = keys
-        return batch
+            keys.append(key)
+            crops.append(crop_top_left(resized, image.bucket, crop, flip))
+        ids_1, ids_2 = self.tokenize(captions) if self.tokenize is not None else (None, None)
+        return Batch(
+            paths=[i.path for i in images], captions=captions, latent_keys=keys,
+            original_size_hw=torch.tensor([(i.original_size[1], i.original_size[0]) for i in images]),
+            crop_top_left=torch.tensor(crops, dtype=torch.long),
+            target_size_hw=torch.tensor([(i.bucket[1], i.bucket[0]) for i in images]),
+            loss_weights=torch.tensor([self.prior_loss_weight if i.is_reg else 1.0 for i in images]),
+            input_ids_1=ids_1, input_ids_2=ids_2,
+            images=torch.stack(pixels) if self.latents is None else None,
+            latents=torch.stack(latents) if self.latents is not None else None,
+            masks=_stack_masks(masks, images[0].bucket),
+            custom_attributes=[dict(self.plan.config.subsets[i.subset_index].custom_attributes) for i in images],
+        )
 
-    def _collate(self, images, pixels, latents, masks, captions, crops, attributes) -> dict:
-        batch = {
-            "captions": captions,
-            "original_size_hw": torch.tensor([(i.original_size[1], i.original_size[0]) for i in images]),
-            "crop_top_left": torch.tensor(crops, dtype=torch.long),
-            "target_size_hw": torch.tensor([(i.bucket[1], i.bucket[0]) for i in images]),
-            "loss_weights": torch.tensor([self.prior_loss_weight if i.is_reg else 1.0 for i in images]),
-            "paths": [i.path for i in images],
-            "custom_attributes": attributes,
-        }
-        if self.latents is not None:
-            batch["latents"] = torch.stack(latents)
-        else:
-            batch["images"] = torch.stack(pixels)
-        if any(m is not None for m in masks):
-            ones = torch.ones(images[0].bucket[1], images[0].bucket[0])
-            batch["alpha_masks"] = torch.stack([m if m is not None else ones for m in masks])
-        return batch
+
+def latent_key(image: ImagePlan, crop: tuple[int, int], flip: bool) -> LatentKey:
+    return LatentKey(image.path, image.bucket, crop, flip)
+
+
+def _stack_masks(masks: list[torch.Tensor | None], bucket: Size) -> torch.Tensor | None:
+    """(B, H, W) masks, ones for samples without one; None when no sample has a mask."""
+    if all(m is None for m in masks):
+        return None
+    ones = torch.ones(bucket[1], bucket[0])
+    return torch.stack([m if m is not None else ones for m in masks])
 
 
 def epoch_rng(seed: int, epoch: int) -> random.Random:
@@ -191,9 +242,33 @@ class TrainDatasets(ConcatDataset):
             self._pairs, self._order_epoch = pairs, epoch
         return self._pairs
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> Batch:
         d, j = self.batch_order()[index]
-        return self.datasets[d][j]
+        accumulation = self.datasets[d].accumulation
+        return self.datasets[d].batch(j, step=(self._epoch.value * len(self) + index) // accumulation)
+
+    def set_schedule(self, max_train_steps: int, gradient_accumulation_steps: int = 1) -> None:
+        """The run's length and accumulation, for token warmup."""
+        for dataset in self.datasets:
+            dataset.set_schedule(max_train_steps, gradient_accumulation_steps)
+
+    def caption_preview(self, per_subset: int = 3) -> list[list[list[dict]]]:
+        """Per dataset, per subset: the first `per_subset` samples of the current epoch in training order,
+        each {"path", "caption"} with the caption as it will be encoded. Reads no image."""
+        preview = [[[] for _ in d.plan.config.subsets] for d in self.datasets]
+        wanted = sum(min(per_subset, s.num_images) for d in self.datasets for s in d.plan.subsets
+                     if s.num_repeats > 0)
+        for index, (d, j) in enumerate(self.batch_order()):
+            dataset = self.datasets[d]
+            step = (self._epoch.value * len(self) + index) // dataset.accumulation
+            for image, caption in zip(dataset.batch_images(j), dataset.captions(j, step), strict=True):
+                shown = preview[d][image.subset_index]
+                if len(shown) < per_subset and all(e["path"] != image.path for e in shown):
+                    shown.append({"path": image.path, "caption": caption})
+                    wanted -= 1
+            if wanted <= 0:
+                break
+        return preview
 
     @property
     def plan(self) -> Plan:
@@ -227,10 +302,23 @@ class TrainDatasets(ConcatDataset):
         for dataset in self.datasets:
             dataset.set_latents(latents)
 
-    def iter_images_for_cache(self, batch_size: int) -> Iterator[tuple[list[LatentKey], torch.Tensor]]:
-        """Each dataset's images to encode (keys may repeat across datasets with the same bucket)."""
+    def latent_jobs(self) -> list[LatentJob]:
+        """Each dataset's latents to cache (a key may repeat across datasets with the same bucket)."""
+        return [job for dataset in self.datasets for job in dataset.latent_jobs()]
+
+    def set_caption_variants(self, variants: int) -> None:
         for dataset in self.datasets:
-            yield from dataset.iter_images_for_cache(batch_size)
+            dataset.set_caption_variants(variants)
+
+    def text_jobs(self) -> list[TextJob]:
+        """Each dataset's captions to cache."""
+        return [job for dataset in self.datasets for job in dataset.text_jobs()]
+
+
+def shuffle_seed(global_seed: int) -> int:
+    """The datasets' shuffle seed for a run with `--seed global_seed`: what sd-scripts draws with
+    random.randint(0, 2**31) right after seeding, so training and `sdxl-lora check` agree."""
+    return random.Random(global_seed).randint(0, 2**31)
 
 
 def dataset_seed(seed: int, index: int) -> int:
@@ -244,15 +332,16 @@ def batch_order_seed(seed: int) -> int:
 
 
 def build_train_dataset(plan: Plan | tuple[DatasetConfig, ...], *, seed: int, prior_loss_weight: float = 1.0,
-                        latents: Mapping[LatentKey, torch.Tensor] | None = None) -> TrainDatasets:
+                        latents: Mapping[LatentKey, torch.Tensor] | None = None,
+                        tokenize: Tokenize | None = None) -> TrainDatasets:
     """One TrainDataset per planned dataset, concatenated. Given configs, plans them first (build_plan)."""
     if not isinstance(plan, Plan):
         plan = build_plan(tuple(plan))
     return TrainDatasets([TrainDataset(d, seed=dataset_seed(seed, i), prior_loss_weight=prior_loss_weight,
-                                       latents=latents) for i, d in enumerate(plan.datasets)],
+                                       latents=latents, tokenize=tokenize) for i, d in enumerate(plan.datasets)],
                          seed=batch_order_seed(seed))
 
 
-def collate_first(items: list[dict]) -> dict:
+def collate_first(items: list[Batch]) -> Batch:
     """DataLoader collate_fn for batch_size=1: dataset items already are batches."""
     return items[0]

@@ -50,7 +50,7 @@ def _subset_entry(dataset: DatasetPlan, index: int) -> dict:
     subset, summary = dataset.config.subsets[index], dataset.subsets[index]
     entry = {"img_count": summary.num_images, "num_repeats": subset.num_repeats}
     entry.update({key: getattr(subset, key) for key in _SUBSET_KEYS})
-    entry["image_dir"] = os.path.basename(subset.image_dir)
+    entry["image_dir"] = os.path.basename(subset.image_dir or subset.metadata_file or "")
     entry.update(class_tokens=subset.class_tokens, is_reg=subset.is_reg)
     return entry
 
@@ -62,7 +62,8 @@ def metadata_datasets(plan: Plan) -> list[dict]:
         config = dataset.config
         low, high = config.bucket_limits() if config.enable_bucket else (None, None)
         entries.append({
-            "is_dreambooth": True, "batch_size_per_device": config.batch_size,
+            "is_dreambooth": not any(s.metadata_file for s in config.subsets),
+            "batch_size_per_device": config.batch_size,
             "num_train_images": dataset.num_train_images, "num_reg_images": dataset.num_reg_images,
             "resolution": list(config.resolution), "enable_bucket": config.enable_bucket,
             "min_bucket_reso": low, "max_bucket_reso": high, "tag_frequency": tag_frequency(dataset),

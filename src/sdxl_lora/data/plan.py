@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.config.errors import ConfigError
-from sdxl_lora.data.buckets import Size, bucketing_for, crop_top_left
-from sdxl_lora.data.discover import FoundImage, discover_subset
+from sdxl_lora.data.buckets import Size, bucketing_for, centre_offset, crop_top_left
+from sdxl_lora.data.discover import BadFile, FoundImage, discover_subset
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,14 @@ class ImagePlan:
     resized_size: Size
     """(width, height) after resizing, before cropping to the bucket."""
     crop_top_left: tuple[int, int]
-    """(top, left) SDXL crop conditioning without a flip."""
+    """(top, left) SDXL crop conditioning of the centre crop without a flip."""
     repeats: int
     """Times per epoch (for regularisation images: after balancing, 0 = unused)."""
     subset_index: int
     """Index into the dataset config's subsets."""
     is_reg: bool
+    mask_path: str | None = None
+    """conditioning_data_dir mask of this image, if any."""
 
     def to_dict(self) -> dict:
         return {"path": self.path, "caption": self.caption, "bucket": list(self.bucket),
@@ -123,41 +125,80 @@ def balance_reg_repeats(reg_repeats: list[int], num_train_images: int) -> list[i
     return balanced
 
 
-def build_plan(datasets: tuple[DatasetConfig, ...]) -> Plan:
-    """Discover, caption, size and bucket every image. Raises ConfigError listing every unusable file."""
+def build_plan(datasets: tuple[DatasetConfig, ...], *, skip_bad_files: bool = False) -> Plan:
+    """Discover, caption, size and bucket every image, decoding none.
+
+    Raises ConfigError listing every unusable file (unreadable or truncated image, empty caption, image smaller
+    than the smallest bucket, missing or mismatched mask) and every dataset left without training images.
+    With `skip_bad_files` the unusable files are left out with one warning listing them.
+    """
     problems: list[str] = []
-    plans = []
+    plans, any_bad = [], False
     for dataset in datasets:
-        plan, found_problems = _plan_dataset(dataset)
+        plan, bad, found_problems = _plan_dataset(dataset, skip_bad_files)
+        if bad and skip_bad_files:
+            logger.warning("%s: %d unusable files left out (--skip_bad_files):\n  %s",
+                           dataset.key_path or "dataset", len(bad), "\n  ".join(b.message for b in bad))
+        elif bad:
+            problems += [b.message for b in bad]
+            any_bad = True
         problems += found_problems
         plans.append(plan)
     if problems:
+        if any_bad:
+            problems.append("to leave unusable files out and train on the rest, pass --skip_bad_files")
         raise ConfigError(problems)
     return Plan(tuple(plans))
 
 
-def _plan_dataset(dataset: DatasetConfig) -> tuple[DatasetPlan, list[str]]:
-    found: list[tuple[int, FoundImage]] = []
-    subsets, problems = [], []
-    for index, subset in enumerate(dataset.subsets):
-        images, subset_problems = discover_subset(subset)
-        problems += subset_problems
-        subsets.append(SubsetPlan(subset.image_dir, subset.key_path, len(images), subset.num_repeats,
-                                  subset.is_reg))
-        found += [(index, image) for image in images]
-    repeats = _repeats(dataset, found)
+def too_small(size: Size, bucket: Size, dataset: DatasetConfig) -> str | None:
+    """Why an image is too small to train on, or None: no bucket on the grid, or it would have to be enlarged
+    in both directions to reach the smallest bucket (without bucketing: `resolution`)."""
+    if min(bucket) < 1:
+        return f"is too small for bucket_reso_steps={dataset.bucket_reso_steps}"
+    if not dataset.enable_bucket:
+        smallest = dataset.resolution
+    elif dataset.bucket_no_upscale:
+        return None
+    else:
+        low = dataset.bucket_limits()[0]
+        smallest = (low, low)
+    if size[0] < smallest[0] and size[1] < smallest[1]:
+        return (f"is smaller than the smallest bucket {smallest[0]}x{smallest[1]} in both directions "
+                "(it would be enlarged)")
+    return None
+
+
+def _plan_dataset(dataset: DatasetConfig, skip_bad_files: bool) -> tuple[DatasetPlan, list[BadFile], list[str]]:
+    found: list[tuple[int, FoundImage, Size, Size]] = []
+    subsets, bad, problems = [], [], []
     bucketing = bucketing_for(dataset)
-    images = []
-    for (index, image), count in zip(found, repeats, strict=True):
-        bucket, resized = bucketing.fit(image.size)
-        if min(bucket) < 1:
-            width, height = image.size
-            problems.append(f"{dataset.subsets[index].key_path}: image {image.path} ({width}x{height}) is "
-                            f"too small for bucket_reso_steps={dataset.bucket_reso_steps}")
+    for index, subset in enumerate(dataset.subsets):
+        if subset.num_repeats < 1:
+            logger.warning("%s=%d: subset %s is not used (num_repeats below 1)", subset.where("num_repeats"),
+                           subset.num_repeats, subset.image_dir or subset.metadata_file)
+            subsets.append(SubsetPlan(subset.image_dir, subset.key_path, 0, subset.num_repeats, subset.is_reg))
             continue
-        images.append(ImagePlan(str(image.path), image.caption, image.size, bucket, resized,
-                                crop_top_left(bucket, image.size, flipped=False), count, index,
-                                dataset.subsets[index].is_reg))
+        images, subset_bad = discover_subset(subset)
+        bad += subset_bad
+        kept = 0
+        for image in images:
+            bucket, resized = bucketing.fit(image.size)
+            reason = too_small(image.size, bucket, dataset)
+            if reason:
+                width, height = image.size
+                bad.append(BadFile(image.path, f"{subset.key_path}: image {image.path} ({width}x{height}) {reason}"))
+                continue
+            found.append((index, image, bucket, resized))
+            kept += 1
+        subsets.append(SubsetPlan(subset.image_dir or str(subset.metadata_file), subset.key_path, kept,
+                                  subset.num_repeats, subset.is_reg))
+    repeats = _repeats(dataset, [(index, image) for index, image, _, _ in found])
+    images = [ImagePlan(str(image.path), image.caption, image.size, bucket, resized,
+                        crop_top_left(resized, bucket, centre_offset(resized, bucket), flipped=False),
+                        count, index, dataset.subsets[index].is_reg,
+                        str(image.mask_path) if image.mask_path else None)
+              for (index, image, bucket, resized), count in zip(found, repeats, strict=True)]
     samples = Counter()
     for image in images:
         samples[image.bucket] += image.repeats
@@ -165,10 +206,10 @@ def _plan_dataset(dataset: DatasetConfig) -> tuple[DatasetPlan, list[str]]:
     batches = sum(math.ceil(n / dataset.batch_size) for _, n in buckets)
     train = sum(s.num_images * max(0, s.num_repeats) for s in subsets if not s.is_reg)
     reg = sum(s.num_images * max(0, s.num_repeats) for s in subsets if s.is_reg)
-    if train == 0 and not problems:
+    if train == 0 and (skip_bad_files or not bad):
         problems.append(f"{dataset.key_path or '--train_data_dir'}: no training images (only "
-                        "regularisation images or none at all)")
-    return DatasetPlan(dataset, tuple(subsets), tuple(images), train, reg, buckets, batches), problems
+                        "regularisation images, or none at all, are left)")
+    return DatasetPlan(dataset, tuple(subsets), tuple(images), train, reg, buckets, batches), bad, problems
 
 
 def _repeats(dataset: DatasetConfig, found: list[tuple[int, FoundImage]]) -> list[int]:

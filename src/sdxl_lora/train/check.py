@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train.steps import plan_steps, warmup_steps
 
 
 def build_check(cfg: RunConfig) -> dict:
-    """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning), what
+    """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning, per subset
+    the processed captions of the first epoch for a few images), what
     was skipped (folders without a repeat count, duplicate subsets), steps, epochs, what trains and what is
     saved when."""
     from sdxl_lora.data.plan import build_plan
+    from sdxl_lora.data.report import dataset_report
 
-    plan = build_plan(cfg.data.datasets)
+    plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
     steps = plan_steps(plan.batches_per_epoch, cfg.train.gradient_accumulation_steps,
                        cfg.train.max_train_steps, cfg.train.max_train_epochs)
     name = cfg.save.output_name or "last"
     return {
-        "datasets": [d.to_dict() for d in plan.datasets],
+        "datasets": dataset_report(plan, seed=cfg.train.seed, max_train_steps=steps.max_train_steps,
+                                   gradient_accumulation_steps=cfg.train.gradient_accumulation_steps),
         "skipped": [line for dataset in cfg.data.datasets for line in dataset.skipped],
         "num_train_images": sum(d.num_train_images for d in plan.datasets),
         "num_reg_images": sum(d.num_reg_images for d in plan.datasets),
@@ -47,6 +51,7 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
         for s in d["subsets"]:
             kind = "regularisation" if s["is_reg"] else "training"
             lines.append(f"  {s['image_dir']}: {s['images']} {kind} images x {s['repeats']} repeats")
+            lines += [f"    first epoch: {Path(e['path']).name}: {e['caption']!r}" for e in s["first_epoch_captions"]]
         lines.append("  buckets (width x height: samples per epoch):")
         lines += [f"    {b['width']}x{b['height']}: {b['count']}" for b in d["buckets"]]
     lines += [f"skipped: {line}" for line in doc["skipped"]]

@@ -5,6 +5,7 @@ Only this module imports models, network and data together.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 
 from sdxl_lora.config.schema import RunConfig
+from sdxl_lora.data.batch import Batch
+from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.noise import noisy_latents, sample_timesteps
@@ -41,7 +44,8 @@ def run(cfg: RunConfig) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from sdxl_lora.data.dataset import build_train_dataset, collate_first
+    from sdxl_lora.data.dataset import build_train_dataset, collate_first, shuffle_seed
+    from sdxl_lora.data.plan import build_plan
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
     from sdxl_lora.network.build import build_network, merge_base_weights
@@ -56,22 +60,25 @@ def run(cfg: RunConfig) -> RunResult:
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
 
-    # The dataset is built first: its epoch-shuffle seed is drawn right after global seeding (as sd-scripts).
-    dataset = build_train_dataset(cfg.data.datasets, seed=random.randint(0, 2**31),
-                                  prior_loss_weight=cfg.data.prior_loss_weight)
+    # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
+    # loaded tokenizers. Its shuffle seed is what sd-scripts draws right after global seeding.
+    data_plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
     models = load_sdxl(cfg.model, accelerator.device)
     # --base_weights change the frozen weights: merged before fp8/dtype placement and before LoRA exists.
     merge_base_weights(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
+    tokens = functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
+                               max_token_length=cfg.model.max_token_length)
+    dataset = build_train_dataset(data_plan, seed=shuffle_seed(cfg.train.seed),
+                                  prior_loss_weight=cfg.data.prior_loss_weight, tokenize=tokens)
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
     weight_dtype = placement.weight_dtype
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
-    if cfg.data.cache_latents:
-        dataset.set_latents(cache_latents(models.vae, dataset, accelerator.device, cfg.data.vae_batch_size,
-                                          clear_device_cache=not placement.highvram))
-        models.vae.to("cpu")
+    latent_source = latent_source_for(cfg, models.vae, dataset, accelerator.device, placement.highvram)
+    # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave it.
+    text_cache = text_cache_for(cfg, models, dataset, accelerator)
 
     handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
@@ -88,6 +95,7 @@ def run(cfg: RunConfig) -> RunResult:
                                          and cfg.data.max_data_loader_n_workers > 0)
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
+    dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
     optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim))
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes,
                                 warmup_steps(cfg.optim.lr_warmup_steps, plan.max_train_steps))
@@ -98,6 +106,7 @@ def run(cfg: RunConfig) -> RunResult:
     if cfg.network.train_text_encoder:
         te1, te2 = accelerator.prepare(te1, te2)
     _log_plan(plan, dataset, trainable)
+    text_source = text_cache or text_source_for(cfg, te1, te2, accelerator.device)
 
     from sdxl_lora.train.save import RunSaver
 
@@ -115,10 +124,9 @@ def run(cfg: RunConfig) -> RunResult:
             with accelerator.accumulate(unet, te1, te2):
                 # Latents and the noise drawn like them are in the VAE dtype (float32 with --no_half_vae), and
                 # so is the loss target; only the U-Net input is cast to the weight dtype (spec 5.2, 5.6).
-                latents = batch_latents(batch, models.vae, accelerator.device, placement.vae_dtype,
-                                        cfg.data.vae_batch_size)
+                latents = latent_source.latents(batch).to(placement.vae_dtype)
                 with accelerator.autocast():
-                    context, pooled = encode_text(batch["captions"], models, te1, te2, cfg)
+                    context, pooled = text_source.conditioning(batch)
                 # The six size integers stay float32 (bf16 would turn 1365 into 1368); the U-Net casts only
                 # their sinusoidal embedding to its dtype.
                 time_ids = size_conditioning(batch).to(accelerator.device, torch.float32)
@@ -129,8 +137,8 @@ def run(cfg: RunConfig) -> RunResult:
                     pred = unet(noisy.to(weight_dtype), timesteps, context.to(weight_dtype),
                                 added_cond_kwargs={"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids}
                                 ).sample
-                per_sample = losses.per_sample_l2(pred, noise, batch.get("alpha_masks"))
-                loss = losses.weighted_mean(per_sample, batch["loss_weights"].to(accelerator.device))
+                per_sample = losses.per_sample_l2(pred, noise, batch.masks)
+                loss = losses.weighted_mean(per_sample, batch.loss_weights.to(accelerator.device))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm:
                     accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
@@ -160,61 +168,87 @@ def run(cfg: RunConfig) -> RunResult:
     return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
 
 
-def diagnose_non_finite(step: int, batch: dict, cfg: RunConfig, lrs: list[float]) -> str:
+def diagnose_non_finite(step: int, batch: Batch, cfg: RunConfig, lrs: list[float]) -> str:
     """One line saying where the loss broke and what usually causes it."""
     hints = ["lower --learning_rate"]
     if cfg.model.mixed_precision == "fp16" and not cfg.model.no_half_vae:
         hints.insert(0, "add --no_half_vae (the SDXL VAE overflows in fp16)")
     if cfg.model.mixed_precision == "fp16":
         hints.append("use --mixed_precision bf16 if the GPU supports it")
-    images = ", ".join(str(p) for p in batch.get("paths", []))
+    images = ", ".join(str(p) for p in batch.paths)
     return (f"loss is not finite at step {step} (learning rates {', '.join(f'{lr:g}' for lr in lrs)}, "
             f"mixed precision {cfg.model.mixed_precision}, batch: {images}); nothing was saved; try: "
             + "; ".join(hints))
 
 
-def batch_latents(batch: dict, vae, device, dtype, vae_batch_size: int) -> torch.Tensor:
-    """Scaled latents of a batch: from the cache, or encoded now with the frozen VAE in chunks of
-    --vae_batch_size images (spec 5.2), checked for non-finite values (vae_encode)."""
-    from sdxl_lora.data.vae_encode import encode_images
+def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
+    """Live VAE encoding, or (--cache_latents[_to_disk]) every image encoded once now, read by the dataset."""
+    from sdxl_lora.data.cache_files import module_identity
+    from sdxl_lora.data.latent_cache import LatentCacheSettings, build_latent_cache
+    from sdxl_lora.data.sources import CachedLatents, VaeLatents, latent_names
+    from sdxl_lora.data.vae_encode import encode_images, latent_seed
 
-    if "latents" in batch:
-        latents = batch["latents"].to(device).float()
-    else:
-        latents = encode_images(vae, batch["images"], [str(p) for p in batch["paths"]], device, vae_batch_size)
-    return (latents * vae.config.scaling_factor).to(dtype)
+    if not cfg.data.cache_latents:
+        return VaeLatents(vae, device, cfg.data.vae_batch_size)
+    settings = LatentCacheSettings(to_disk=cfg.data.cache_latents_to_disk, skip_check=cfg.data.skip_cache_check,
+                                   batch_size=cfg.data.vae_batch_size, vae_identity=module_identity(vae),
+                                   channels=vae.config.latent_channels)
 
+    def encode(pixels, jobs):
+        keys = [job.key for job in jobs]
+        return encode_images(vae, pixels, latent_names(keys), [latent_seed(k) for k in keys], device,
+                             len(jobs)).cpu()
 
-def cache_latents(vae, dataset, device, batch_size: int, clear_device_cache: bool = True) -> dict:
-    """Encode every distinct image once (raw latent_dist.sample(), unscaled, checked for non-finite values),
-    kept on the CPU. Without --highvram the device cache is cleared after each batch, as sd-scripts does."""
-    from sdxl_lora.data.vae_encode import encode_images
-
-    cache = {}
-    for keys, images in dataset.iter_images_for_cache(batch_size):
-        names = [f"{path} (flipped)" if flip else str(path) for path, _, flip in keys]
-        out = encode_images(vae, images, names, device, batch_size).cpu()
-        cache.update(zip(keys, out, strict=True))
-        if clear_device_cache and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return cache
+    # Without --highvram the device cache is cleared after each batch, as sd-scripts does.
+    clear = torch.cuda.empty_cache if torch.cuda.is_available() and not highvram else None
+    dataset.set_latents(build_latent_cache(dataset.latent_jobs(), encode, settings, after_batch=clear))
+    vae.to("cpu")
+    return CachedLatents(vae.config.scaling_factor, device)
 
 
-def encode_text(captions: list[str], models, te1, te2, cfg: RunConfig):
-    """SDXL context and pooled embedding; gradients flow only when text-encoder LoRA is trained."""
-    from sdxl_lora.models.text import encode, tokenize
+def text_cache_for(cfg: RunConfig, models, dataset, accelerator):
+    """None, or (--cache_text_encoder_outputs[_to_disk]) every caption variant encoded once now."""
+    from sdxl_lora.data.cache_files import module_identity
+    from sdxl_lora.data.sources import CachedText
+    from sdxl_lora.data.text_cache import CAPTION_VARIANTS, TextCacheSettings, build_text_cache
+    from sdxl_lora.models.text import encode, num_chunks
 
-    ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
-    device = next(te1.parameters()).device
-    with torch.set_grad_enabled(cfg.network.train_text_encoder):
-        return encode(te1, te2, ids1.to(device), ids2.to(device))
+    if not cfg.data.cache_text_encoder_outputs:
+        return None
+    te1, te2, device = models.text_encoder_1, models.text_encoder_2, accelerator.device
+    tokens = num_chunks(cfg.model.max_token_length) * 75 + 2
+    settings = TextCacheSettings(
+        to_disk=cfg.data.cache_text_encoder_outputs_to_disk, skip_check=cfg.data.skip_cache_check,
+        batch_size=max(d.batch_size for d in cfg.data.datasets),
+        identity=f"{module_identity(te1, te2)}|tokens={tokens}",
+        context_shape=(tokens, te1.config.hidden_size + te2.config.hidden_size),
+        pooled_shape=(te2.config.projection_dim,))
+
+    def encode_captions(captions):
+        ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
+        with torch.no_grad(), accelerator.autocast():
+            return encode(te1, te2, ids1.to(device), ids2.to(device))
+
+    dataset.set_caption_variants(CAPTION_VARIANTS)
+    store = build_text_cache(dataset.text_jobs(), encode_captions, settings)
+    te1.to("cpu")
+    te2.to("cpu")
+    return CachedText(store, device)
 
 
-def size_conditioning(batch: dict) -> torch.Tensor:
+def text_source_for(cfg: RunConfig, te1, te2, device):
+    """The live text encoders (prepared models, so that their LoRA trains through them)."""
+    from sdxl_lora.data.sources import EncoderText
+    from sdxl_lora.models.text import encode
+
+    return EncoderText(functools.partial(encode, te1, te2), device, trains=cfg.network.train_text_encoder)
+
+
+def size_conditioning(batch: Batch) -> torch.Tensor:
     """SDXL micro-conditioning (spec 5.6): [orig_h, orig_w, crop_top, crop_left, target_h, target_w]."""
     from sdxl_lora.models.text import size_time_ids
 
-    return size_time_ids(batch["original_size_hw"], batch["crop_top_left"], batch["target_size_hw"])
+    return size_time_ids(batch.original_size_hw, batch.crop_top_left, batch.target_size_hw)
 
 
 def enable_gradient_checkpointing(models, text_encoders: bool) -> None:

@@ -290,21 +290,24 @@ def test_bucket_limits_checked_after_rounding(tmp_path):
         f"{toml}: datasets[0].min_bucket_reso=600 (rounded: 576): must not exceed the shorter side of "
         "resolution 768x512",
         "--max_bucket_reso=700 (rounded: 704): must not be below the longer side of resolution 768x512"]
-    _, no_upscale = load(tmp_path, "resolution = 512\nenable_bucket = true\nbucket_no_upscale = true\n"
-                                   "min_bucket_reso = 600")
-    assert validate_datasets(no_upscale, cache_latents=False) == []  # min/max ignored
+    toml, no_upscale = load(tmp_path, "resolution = 512\nenable_bucket = true\nbucket_no_upscale = true\n"
+                                      "min_bucket_reso = 600")
+    # Not used by bucket_no_upscale, but still checked against the resolution, as sd-scripts does (spec 1.17).
+    assert validate_datasets(no_upscale, cache_latents=False) == [
+        f"{toml}: datasets[0].min_bucket_reso=600 (rounded: 576): must not exceed the shorter side of "
+        "resolution 512x512"]
 
 
 def test_subset_problems_name_where_the_value_was_set(tmp_path):
     toml, datasets = load(tmp_path, "resolution = 1000", "num_repeats = 0\nrandom_crop = true\ncolor_aug = true")
     assert validate_datasets(datasets, cache_latents=True) == [
         f"{toml}: datasets[0].resolution=1000,1000: without bucketing both sides must be multiples of 32 for SDXL",
-        f"{toml}: datasets[0].subsets[0].num_repeats=0: must be at least 1",
+        f"{toml}: datasets[0].subsets[0].num_repeats=0: must be at least 1 for some training subset of datasets[0]; "
+        "with none left nothing would train",
         f"{toml}: datasets[0].subsets[0].color_aug=true: cannot be combined with --cache_latents (latents are "
         "encoded once, before any augmentation)",
         f"{toml}: datasets[0].subsets[0].random_crop=true: cannot be combined with --cache_latents (latents are "
         "encoded once, before any augmentation)",
-        f"{toml}: datasets[0].subsets[0].color_aug=true: not supported yet (roadmap: dataset pipeline)",
     ]
 
 
@@ -328,7 +331,6 @@ def test_shared_general_value_reported_once_and_unsupported_settings(tmp_path):
                                       f'[[datasets.subsets]]\nimage_dir = "{folder}/."\n')
     assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
         f"{toml}: datasets[0].validation_split=0.1: validation datasets are not supported yet",
-        f"{toml}: general.shuffle_caption=true: not supported yet (roadmap: dataset pipeline)",
     ]
 
 
@@ -337,14 +339,69 @@ def test_subset_settings_follow_the_status_of_their_option(tmp_path, monkeypatch
     from dataclasses import replace
 
     import sdxl_lora.config.dataset_validate as dataset_validate
-    from sdxl_lora.config.options import OPTIONS_BY_NAME, WORKS
+    from sdxl_lora.config.options import NOT_YET, OPTIONS_BY_NAME, WORKS
 
-    toml, datasets = load(tmp_path, "resolution = 512", "shuffle_caption = true\nmetadata_file = 'm.json'")
+    (tmp_path / "m.json").write_text("{}", encoding="utf-8")
+    metadata = (tmp_path / "m.json").as_posix()
+    toml, datasets = load(tmp_path, "resolution = 512", f"shuffle_caption = true\nmetadata_file = '{metadata}'")
+    assert validate_datasets(datasets, cache_latents=False) == []  # both work now
+    not_yet = {name: replace(option, status=NOT_YET) if name in ("shuffle_caption", "in_json") else option
+               for name, option in OPTIONS_BY_NAME.items()}
+    monkeypatch.setattr(dataset_validate, "OPTIONS_BY_NAME", not_yet)
     assert [p.split(": ", 1)[1] for p in validate_datasets(datasets, cache_latents=False)] == [
         "datasets[0].subsets[0].shuffle_caption=true: not supported yet (roadmap: dataset pipeline)",
-        'datasets[0].subsets[0].metadata_file="m.json": not supported yet (roadmap: dataset pipeline)',
+        f'datasets[0].subsets[0].metadata_file="{metadata}": not supported yet (roadmap: dataset pipeline)',
     ]
-    working = {name: replace(option, status=WORKS) if name in ("shuffle_caption", "in_json") else option
-               for name, option in OPTIONS_BY_NAME.items()}
-    monkeypatch.setattr(dataset_validate, "OPTIONS_BY_NAME", working)
-    assert validate_datasets(datasets, cache_latents=False) == []
+    assert WORKS != NOT_YET
+
+
+def test_in_json_makes_one_fine_tuning_dataset(tmp_path, caplog):
+    import logging
+
+    folder = image_folder(tmp_path / "img")
+    meta = write(tmp_path / "meta.json", json.dumps({"0": {"caption": "a dog"}}))
+    with caplog.at_level(logging.WARNING):
+        (dataset,) = load_datasets(None, cli(in_json=str(meta), train_data_dir=str(folder), resolution="512",
+                                             reg_data_dir=str(tmp_path), dataset_repeats=3))
+    (subset,) = dataset.subsets
+    assert (subset.metadata_file, subset.image_dir, subset.num_repeats) == (str(meta), str(folder), 3)
+    assert "--reg_data_dir is ignored with --in_json" in caplog.text
+    assert validate_datasets((dataset,), cache_latents=False) == []
+    toml = write(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\n'
+                                      f'metadata_file = "{tmp_path / "gone.json"}"\n')
+    assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
+        f"{toml}: datasets[0].subsets[0].metadata_file: file not found: {tmp_path / 'gone.json'}"]
+
+
+def test_masks_need_masked_loss_and_face_crop_is_an_augmentation(tmp_path, caplog):
+    import logging
+
+    folder, masks = image_folder(tmp_path / "img"), image_folder(tmp_path / "masks")
+    toml = write(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "{folder}"\n'
+                                      f'conditioning_data_dir = "{masks}"\nface_crop_aug_range = [0.2, 0.4]\n')
+    datasets = load_datasets(toml, cli())
+    assert validate_datasets(datasets, cache_latents=True) == [
+        f"{toml}: datasets[0].subsets[0].face_crop_aug_range=[0.2, 0.4]: cannot be combined with --cache_latents "
+        "(latents are encoded once, before any augmentation)",
+        f"{toml}: datasets[0].subsets[0].conditioning_data_dir: masks are used only with --masked_loss; add it or "
+        "remove the key"]
+    assert validate_datasets(datasets, cache_latents=False, masked_loss=True) == []
+    plain = write(tmp_path / "p.toml",
+                  f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    with caplog.at_level(logging.WARNING):
+        assert validate_datasets(load_datasets(plain, cli()), cache_latents=False, masked_loss=True) == []
+        load_datasets(plain, cli(conditioning_data_dir=str(masks)))
+    assert "--masked_loss: no subset has conditioning_data_dir or alpha_mask" in caplog.text
+    assert "--conditioning_data_dir is ignored" in caplog.text
+
+
+def test_num_repeats_below_one_is_an_error_only_when_no_training_subset_is_left(tmp_path):
+    a, b = image_folder(tmp_path / "a"), image_folder(tmp_path / "b")
+    toml = write(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
+                                      f'num_repeats = 0\n[[datasets.subsets]]\nimage_dir = "{b}"\n')
+    assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == []  # b still trains
+    toml = write(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\nnum_repeats = 0\n'
+                                      f'[[datasets.subsets]]\nimage_dir = "{a}"\n')
+    assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
+        f"{toml}: datasets[0].num_repeats=0: must be at least 1 for some training subset of datasets[0]; with none "
+        "left nothing would train"]

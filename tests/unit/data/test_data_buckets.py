@@ -6,11 +6,11 @@ from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.data.buckets import (
     bucket_resolutions,
     bucketing_for,
+    centre_offset,
     cover_size,
     crop_top_left,
-    floor_to_step,
     nearest_bucket,
-    no_upscale_size,
+    no_upscale_bucket,
 )
 
 
@@ -66,33 +66,33 @@ def test_rounded_limits_are_used():
 
 
 def test_bucket_no_upscale_large_image():
-    # max_area 1048576, a = 1.5: rw = sqrt(1048576*1.5) = 1254.1, rh = 836.1.
-    # Width candidate: R(1254.1) = 1216, R(1216/1.5 = 810.7) = 768 -> aspect 1.583, error 0.083.
-    # Height candidate: R(836.1) = 832, R(832*1.5 = 1248) = 1216 -> aspect 1.4615, error 0.038: wins.
-    # resized = (int(832*1.5 + 0.5), 832) = (1248, 832); bucket floors 1248 to 1216.
-    assert no_upscale_size((3000, 2000), 1024 * 1024, 64) == (1248, 832)
-    assert floor_to_step((1248, 832), 64) == (1216, 832)
+    # 3000x2000 (1.5) at 1024x1024 (max_area 1048576), step 64. Height on the grid: 832 -> width floor(1248) =
+    # 1216, area 1011712, covered at 832/2000 -> 1248x832, crop 2.6%; 896 -> 1344: too big. Width on the grid:
+    # 1216 -> height floor(810.7) = 768, smaller; 1280 -> 832: 1064960, too big. Best 1216x832.
+    assert no_upscale_bucket((3000, 2000), 1024 * 1024, 64) == (1216, 832)
     assert bucketing_for(dataset(enable_bucket=True, bucket_no_upscale=True)).fit((3000, 2000)) == (
         (1216, 832), (1248, 832))
 
 
-def test_bucket_no_upscale_width_candidate_can_win():
-    # max_area 262144, 1000x300 (a = 3.333): rw = sqrt(262144*3.333) = 934.8, rh = 280.4.
-    # Width: R(934.8) = 896, R(896/3.333 = 268.8) = 256 -> 3.5, error 0.167.
-    # Height: R(280.4) = 256, R(256*3.333 = 853.3) = 832 -> 3.25, error 0.083: wins -> (853, 256).
-    assert no_upscale_size((1000, 300), 512 * 512, 64) == (853, 256)
-    # 900x500 (a = 1.8): rw = 686.9, rh = 381.6. Width: R(686.9) = 640, R(355.6) = 320 -> 2.0, error 0.2.
-    # Height: R(381.6) = 320, R(576) = 576 -> 1.8, error 0: wins -> (576, 320).
-    assert no_upscale_size((900, 500), 512 * 512, 64) == (576, 320)
-    # 700x400 (a = 1.75): rw = 677.3, rh = 387.0. Width: R(677.3) = 640, R(365.7) = 320 -> 2.0, error 0.25.
-    # Height: R(387.0) = 384, R(672) = 640 -> 1.667, error 0.083: wins -> (672, 384).
-    assert no_upscale_size((700, 400), 512 * 512, 64) == (672, 384)
-    # 2000x200 (a = 10): rw = 1619.1, rh = 161.9. Width: R(1619.1) = 1600, R(160) = 128 -> 12.5, error 2.5.
-    # Height: R(161.9) = 128, R(1280) = 1280 -> 10, error 0: wins -> (1280, 128).
-    assert no_upscale_size((2000, 200), 512 * 512, 64) == (1280, 128)
-    # 1100x1000 (a = 1.1): rw = 537.0, rh = 488.2. Width: R(537.0) = 512, R(465.5) = 448 -> 1.143, error 0.043.
-    # Height: R(488.2) = 448, R(492.8) = 448 -> 1.0, error 0.1. Width wins -> (512, int(465.5 + 0.5) = 465).
-    assert no_upscale_size((1100, 1000), 512 * 512, 64) == (512, 465)
+def test_bucket_no_upscale_keeps_the_largest_grid_box_sd_scripts_loses():
+    # sd-scripts PR 2352: 3072x3000 at 1024 gave 960x960. Height 1024 -> width floor(1048.6) = 1024, area
+    # exactly 1048576, resized 1049x1024 (crop 2.4%); the next candidates (1088 on either side) are too big.
+    assert no_upscale_bucket((3072, 3000), 1024 * 1024, 64) == (1024, 1024)
+    # max_area 262144. 900x500 (1.8): height 384 -> width floor(691.2) = 640, 245760, resized 691x384, crop
+    # 7.4%; height 448 -> 768: 344064 too big; width 704 -> height 384: 270336 too big. sd-scripts: 576x320.
+    assert no_upscale_bucket((900, 500), 512 * 512, 64) == (640, 384)
+    # 1100x1000 (1.1): height 512 -> width floor(563.2) = 512: exactly 262144, resized 563x512, crop 9.1%.
+    assert no_upscale_bucket((1100, 1000), 512 * 512, 64) == (512, 512)
+
+
+def test_bucket_no_upscale_limits_the_crop():
+    # 1000x300 (3.333) at 262144: width 960 -> height floor(288) = 256 (245760) crops 1 - 256/288 = 11.1%: out.
+    # Width 896 -> floor(268.8) = 256, resized 896x269, crop 4.8%: 229376, the largest left.
+    assert no_upscale_bucket((1000, 300), 512 * 512, 64) == (896, 256)
+    assert cover_size((1000, 300), (896, 256)) == (896, 269)
+    # 2000x200 (10): height 128 -> width 1280 (no crop); height 192 -> 1920: too big. Wider boxes with height
+    # 128 crop at least 1 - 128/160 = 20% (1600x128 from 1600x160): out. Best 1280x128, as sd-scripts.
+    assert no_upscale_bucket((2000, 200), 512 * 512, 64) == (1280, 128)
 
 
 def test_bucket_no_upscale_small_image_is_not_enlarged():
@@ -100,14 +100,16 @@ def test_bucket_no_upscale_small_image_is_not_enlarged():
     assert bucketing.fit((500, 300)) == ((448, 256), (500, 300))
 
 
-def test_crop_top_left_by_hand():
-    # bucket 1216x832 (1.4615) vs image 1536x1024 (1.5): fit by width: 1216 x 810.67;
-    # left = 0, top = floor((832 - 810.67) / 2) = 10. Flipped: left = 1216 - (0 + 1216) = 0.
-    assert crop_top_left((1216, 832), (1536, 1024), flipped=False) == (10, 0)
-    assert crop_top_left((1216, 832), (1536, 1024), flipped=True) == (10, 0)
-    # bucket 1024x1024 vs 1000x1500 (0.667): fit by height: 682.67 x 1024; left = floor(341.33 / 2) = 170.
-    # Flipped: left = 1024 - (170 + 682.67) = 171.33 -> 171.
-    assert crop_top_left((1024, 1024), (1000, 1500), flipped=False) == (0, 170)
-    assert crop_top_left((1024, 1024), (1000, 1500), flipped=True) == (0, 171)
-    # Same aspect: the image fills the bucket.
-    assert crop_top_left((832, 1216), (832, 1216), flipped=True) == (0, 0)
+def test_crop_top_left_is_the_crop_actually_applied():
+    # 1536x1024 resized to cover bucket 1216x832: resized 1248x832 (832/1024 = 0.8125); centre window left =
+    # (1248 - 1216) // 2 = 16, top 0 -> conditioning (top, left) = (0, 16). Flipped, the window's left edge
+    # is what was cut on the right: 1248 - 1216 - 16 = 16.
+    assert crop_top_left((1248, 832), (1216, 832), (16, 0), flipped=False) == (0, 16)
+    assert crop_top_left((1248, 832), (1216, 832), (16, 0), flipped=True) == (0, 16)
+    # A random window at left 5 of 37 excess pixels: flipped, 37 - 5 = 32 were cut on the (new) left.
+    assert crop_top_left((1253, 832), (1216, 832), (5, 0), flipped=True) == (0, 32)
+    # Tall image: 1000x1500 covering 1024x1024 -> 1024x1536, centre top = 512 // 2 = 256.
+    assert centre_offset((1024, 1536), (1024, 1024)) == (0, 256)
+    assert crop_top_left((1024, 1536), (1024, 1024), (0, 256), flipped=True) == (256, 0)
+    # Same size: nothing cut.
+    assert crop_top_left((832, 1216), (832, 1216), (0, 0), flipped=True) == (0, 0)

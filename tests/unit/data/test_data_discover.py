@@ -73,7 +73,7 @@ def test_empty_and_non_utf8_caption_files_are_problems(tmp_path):
     png(tmp_path / "c.png")
     found, problems = discover_subset(subset(tmp_path))
     assert [f.path.name for f in found] == ["c.png"]
-    assert problems == [
+    assert [b.message for b in problems] == [
         f"datasets[0].subsets[0]: caption file {tmp_path / 'a.caption'} is empty; delete it to use class_tokens "
         "or fill it in",
         f"datasets[0].subsets[0]: caption file {tmp_path / 'b.caption'} is not UTF-8 text",
@@ -83,7 +83,7 @@ def test_empty_and_non_utf8_caption_files_are_problems(tmp_path):
 def test_unreadable_image_is_a_problem(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     found, problems = discover_subset(subset(tmp_path, class_tokens="x"))
-    assert found == [] and problems[0].startswith(f"datasets[0].subsets[0]: cannot read image {tmp_path}")
+    assert found == [] and problems[0].message.startswith(f"datasets[0].subsets[0]: cannot read image {tmp_path}")
 
 
 def test_image_size_reads_header_of_every_format(tmp_path):

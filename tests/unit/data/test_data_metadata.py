@@ -76,3 +76,13 @@ def test_train_datasets_expose_the_metadata(tmp_path):
     assert (datasets.num_train_images, datasets.num_reg_images) == (11, 1)
     assert datasets.tag_frequency()["reg"] == {"a dog": 1}
     assert list(datasets.dataset_dirs()) == ["dog", "dog (2)"] and len(datasets.metadata_datasets()) == 1
+
+
+def test_fine_tuning_dataset_is_not_dreambooth(tmp_path):
+    images = folder(tmp_path / "ft", {"1": None})
+    (tmp_path / "m.json").write_text(json.dumps({"1": {"caption": "a cat"}}), encoding="utf-8")
+    subset = SubsetConfig(images, metadata_file=str(tmp_path / "m.json"))
+    plan = build_plan((DatasetConfig(subsets=(subset,), resolution=(64, 64)),))
+    (entry,) = metadata_datasets(plan)
+    assert entry["is_dreambooth"] is False and entry["subsets"][0]["image_dir"] == "ft"
+    assert json.loads(json.dumps(entry))["num_train_images"] == 1

@@ -54,8 +54,8 @@ def test_plan_counts_buckets_and_conditioning(tmp_path):
     assert (b.caption, b.bucket, b.resized_size, b.original_size, b.repeats) == ("sks", (192, 64), (200, 64),
                                                                                 (200, 64), 2)
     assert (c.bucket, c.resized_size) == ((64, 192), (68, 192))
-    # c: bucket aspect 0.333 < image 0.356 -> fit by width: 64 x 180; top = floor((192 - 180) / 2) = 6.
-    assert c.crop_top_left == (6, 0)
+    # c: resized 68x192 centre-cropped to 64x192: left = (68 - 64) // 2 = 2, top 0.
+    assert c.crop_top_left == (0, 2)
     assert [i.repeats for i in plan.images if i.is_reg] == [2, 1, 1, 1, 1]
     # (128,128): a x2 + reg 6 = 8 samples -> 2 batches of 4; (192,64): 2 -> 1; (64,192): 2 -> 1.
     assert plan.buckets == (((64, 192), 2), ((128, 128), 8), ((192, 64), 2))
@@ -79,7 +79,9 @@ def test_plan_reports_every_unusable_file(tmp_path):
     (tmp_path / "reg" / "r0.caption").write_text("\n", encoding="utf-8")
     with pytest.raises(ConfigError) as e:
         build_plan((config,))
-    assert [p.split(": ")[0] for p in e.value.problems] == ["datasets[0].subsets[0]", "datasets[0].subsets[1]"]
+    assert [p.split(": ")[0] for p in e.value.problems] == ["datasets[0].subsets[0]", "datasets[0].subsets[1]",
+                                                            "to leave unusable files out and train on the rest, "
+                                                            "pass --skip_bad_files"]
 
 
 def test_no_upscale_image_smaller_than_a_step_is_a_problem(tmp_path):
