@@ -119,3 +119,20 @@ def test_unknown_lycoris_arg_is_named_before_any_model_loads(tiny_model_dir, tmp
     assert code == 2
     assert "conv_dims" in err and "conv_dim" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "conv_dims" in line]) == 1
+
+
+def test_network_weights_continue_a_lycoris_file_and_a_mismatch_is_named(locon, tiny_model_dir, tmp_path, capsys):
+    code, result = train_keeping_result(_args(tiny_model_dir, tmp_path, "algo=locon", "conv_dim=4", "conv_alpha=1",
+                                              extra=(f"--network_weights={locon.output_path}", "--learning_rate=1e-6",
+                                                     "--max_train_steps=1")))
+    assert code == 0
+    before, after = _read(locon.output_path)[0], _read(result.output_path)[0]
+    up = f"{ATTN}.lora_up.weight"
+    assert before[up].abs().max() > 1e-3  # trained, so a fresh network (up = 0) would not match
+    assert before.keys() == after.keys()
+    for key in before:  # one AdamW step at lr 1e-6 moves each weight by about 1e-6
+        torch.testing.assert_close(after[key].float(), before[key].float(), rtol=0, atol=1e-5)
+    code = main(_args(tiny_model_dir, tmp_path / "bad", "algo=loha",
+                      extra=(f"--network_weights={locon.output_path}", "--max_train_steps=1")))
+    err = capsys.readouterr().err
+    assert code == 2 and "--network_weights" in err and "does not fit" in err and "Traceback" not in err

@@ -115,9 +115,10 @@ class LycorisHandles:
         problems += [f"{k}: shape {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the network"
                      for k, v in renamed.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if problems:
-            shown = "\n  ".join(problems[:20])
-            raise ValueError(f"--network_weights {source}: the LyCORIS file does not fit this network "
-                             f"(same --network_dim and --network_args needed; {len(problems)} problems):\n  {shown}")
+            more = [f"... and {len(problems) - 5} more"] if len(problems) > 5 else []
+            raise ConfigError([f"--network_weights {source}: the LyCORIS file does not fit this network (give the "
+                               f"--network_dim and --network_args it was trained with); {len(problems)} problems:",
+                               *problems[:5], *more])
         self.network.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=True)
 
     def max_norm_regularize(self, max_norm: float) -> tuple[int, float, float]:
