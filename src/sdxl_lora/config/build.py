@@ -10,7 +10,8 @@ from pathlib import Path
 from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
-from sdxl_lora.config.network_args import network_args_warnings, network_warnings, parse_lora_args
+from sdxl_lora.config.lycoris_args import LYCORIS_MODULE, lycoris_warnings, parse_lycoris_args
+from sdxl_lora.config.network_args import LoraArgs, network_args_warnings, network_warnings, parse_lora_args
 from sdxl_lora.config.optimizer_args import (
     adafactor_relative_step,
     is_schedule_free,
@@ -53,8 +54,9 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         raise ConfigError(problems)
     for note in notes:
         log.info("%s", note)
-    for warning in (network_args_warnings(values.get("network_args")) + network_warnings(values)
-                    + optimizer_warnings(values)):
+    lora_warnings = [] if values.get("network_module") == LYCORIS_MODULE else network_args_warnings(
+        values.get("network_args"))
+    for warning in lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values):
         log.warning("%s", warning)
     return assemble(values, datasets)
 
@@ -150,12 +152,15 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         disable_mmap_load_safetensors=bool(v.get("disable_mmap_load_safetensors")),
         tokenizer_cache_dir=v.get("tokenizer_cache_dir"),
     )
+    lycoris = v["network_module"] == LYCORIS_MODULE
     network = NetworkConfig(
         network_module=v["network_module"], network_dim=v.get("network_dim"),
         network_alpha=v.get("network_alpha") if v.get("network_alpha") is not None else 0.0,
         train_unet=not v.get("network_train_text_encoder_only"),
         train_text_encoder=not v.get("network_train_unet_only"),
-        network_dropout=v.get("network_dropout"), lora=parse_lora_args(v.get("network_args"))[0],
+        network_dropout=v.get("network_dropout"),
+        lora=parse_lora_args(v.get("network_args"))[0] if not lycoris else LoraArgs(),
+        lycoris=parse_lycoris_args(v.get("network_args"))[0] if lycoris else None,
         network_weights=v.get("network_weights") or None, dim_from_weights=bool(v.get("dim_from_weights")),
         base_weights=tuple(v.get("base_weights") or ()),
         base_weights_multiplier=tuple(v.get("base_weights_multiplier") or ()),

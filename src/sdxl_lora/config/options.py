@@ -211,7 +211,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("async_upload", OUTPUT, "flag", False, roadmap=SAMPLING, help="upload in a background thread"),
     # Network (spec 1.6)
     Option("network_module", NETWORK, "str", None, status=WORKS,
-           help="network module; networks.lora (LyCORIS' lycoris.kohya is not supported yet)"),
+           help="network module: networks.lora, or lycoris.kohya (LyCORIS, needs pip install lycoris-lora==4.1.3; "
+                "--network_args algo=lora/locon/loha/lokr/dylora/glora/full/diag-oft/boft/ia3, conv_dim, "
+                "conv_alpha, dropout, rank_dropout, module_dropout, preset (built-in only), factor, use_tucker, "
+                "use_scalar, dora_wd, ...; saved as .safetensors/.ckpt/.pt in LyCORIS' kohya keys; refused: "
+                "algo=tlora, rs_lora=true, preset files, diffusers formats, --dim_from_weights)"),
     Option("network_dim", NETWORK, "int", None, status=WORKS, help="LoRA rank (4 when unset)"),
     Option("network_alpha", NETWORK, "float", 1, status=WORKS,
            help="LoRA alpha; scale = alpha / rank; 0 means alpha = rank"),
@@ -221,7 +225,8 @@ OPTIONS: tuple[Option, ...] = (
            help="key=value settings of networks.lora: conv_dim, conv_alpha, block_dims, block_alphas, "
                 "conv_block_dims, conv_block_alphas, down/mid/up_lr_weight, block_lr_zero_threshold, "
                 "rank_dropout, module_dropout, loraplus_lr_ratio, loraplus_unet_lr_ratio, "
-                "loraplus_text_encoder_lr_ratio; an unknown key is an error"),
+                "loraplus_text_encoder_lr_ratio (with lycoris.kohya: LyCORIS' keys, see --network_module); "
+                "an unknown key is an error"),
     Option("network_weights", NETWORK, "str", None, roadmap=LORA, status=WORKS,
            help="initial LoRA weights: a kohya file (SGM or diffusers names) or a diffusers/peft file or folder; "
                 "modules take the file's alphas"),

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.lycoris_args import LYCORIS_MODULE, parse_lycoris_args
 from sdxl_lora.config.network_args import parse_lora_args
 from sdxl_lora.config.optimizer_args import (
     adafactor_relative_step,
@@ -20,7 +21,7 @@ from sdxl_lora.config.options import OPTIMIZERS_ROADMAP, SCHEDULERS, WORKS, choi
 from sdxl_lora.config.paths import path_problems
 from sdxl_lora.config.sources import detect_source
 
-SUPPORTED_NETWORK_MODULES = ("networks.lora",)
+SUPPORTED_NETWORK_MODULES = ("networks.lora", LYCORIS_MODULE)
 ADAPTIVE_LR_OPTIMIZERS = ("dadaptation", "dadaptadampreprint", "dadaptadagrad", "dadaptadam", "dadaptadan",
                           "dadaptanip", "dadaptlion", "dadaptsgd", "dadaptadanip", "prodigy")
 LORAPLUS_KEYS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
@@ -40,8 +41,7 @@ def _required(v: dict) -> list[str]:
     if not v.get("network_module"):
         out.append("--network_module is required (use --network_module=networks.lora)")
     elif v["network_module"] not in SUPPORTED_NETWORK_MODULES:
-        out.append(f"--network_module={v['network_module']}: only networks.lora is supported "
-                   "(LyCORIS' lycoris.kohya: not yet)")
+        out.append(f"--network_module={v['network_module']}: only networks.lora and lycoris.kohya are supported")
     return out
 
 
@@ -269,7 +269,9 @@ def _resume(v: dict) -> list[str]:
 def _network(v: dict) -> list[str]:
     """--network_args of networks.lora (every key checked, unknown keys named) and --network_dropout."""
     out = []
-    if v.get("network_module") in SUPPORTED_NETWORK_MODULES:
+    if v.get("network_module") == LYCORIS_MODULE:
+        out += _lycoris(v)
+    elif v.get("network_module") in SUPPORTED_NETWORK_MODULES:
         out += parse_lora_args(v.get("network_args"))[1]
     dropout = v.get("network_dropout")
     if dropout is not None and not 0.0 <= dropout < 1.0:
@@ -282,6 +284,23 @@ def _network(v: dict) -> list[str]:
     norm = v.get("scale_weight_norms")
     if norm is not None and not (norm >= 0 and math.isfinite(norm)):
         out.append(f"--scale_weight_norms={norm}: must be a finite number, not negative")
+    return out
+
+
+def _lycoris(v: dict) -> list[str]:
+    """lycoris.kohya: its --network_args, the package, and the options whose files UIs could not read."""
+    import importlib.util
+
+    out = parse_lycoris_args(v.get("network_args"))[1]
+    if importlib.util.find_spec("lycoris") is None:
+        out.append("--network_module lycoris.kohya needs the lycoris-lora package: "
+                   "pip install 'lycoris-lora==4.1.3' (or pip install -e '.[lycoris]')")
+    if v.get("save_model_as") in ("diffusers", "diffusers_safetensors"):
+        out.append(f"--save_model_as {v['save_model_as']} with lycoris.kohya: diffusers cannot load LyCORIS "
+                   "modules; use safetensors (the format A1111/ComfyUI read)")
+    if v.get("dim_from_weights"):
+        out.append("--dim_from_weights with lycoris.kohya: not supported; give the same --network_dim and "
+                   "--network_args as the run that wrote --network_weights")
     return out
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdxl_lora.config.dataset_toml import DatasetConfig
+from sdxl_lora.config.lycoris_args import LycorisArgs
 from sdxl_lora.config.network_args import LoraArgs
 
 
@@ -51,7 +52,7 @@ class NetworkConfig:
     """The LoRA network (spec 3)."""
 
     network_module: str = "networks.lora"
-    """sd-scripts network module name; only networks.lora is supported."""
+    """sd-scripts network module name: networks.lora or lycoris.kohya (LyCORIS)."""
     network_dim: int | None = None
     """Rank; None means 4 (metadata still records None)."""
     network_alpha: float = 1.0
@@ -64,6 +65,8 @@ class NetworkConfig:
     """Neuron dropout on the LoRA down projection's output (training only)."""
     lora: LoraArgs = field(default_factory=LoraArgs)
     """The --network_args of networks.lora, parsed (conv, block ranks and LR weights, dropouts, LoRA+)."""
+    lycoris: LycorisArgs | None = None
+    """The --network_args of lycoris.kohya, parsed; None unless --network_module lycoris.kohya."""
     network_weights: str | None = None
     """LoRA file (or diffusers LoRA folder) loaded into the network before training."""
     dim_from_weights: bool = False

@@ -25,7 +25,9 @@ def merge_base_weights(unet: nn.Module, te1: nn.Module, te2: nn.Module, cfg: Net
 
 def build_network(unet: nn.Module, te1: nn.Module, te2: nn.Module, cfg: NetworkConfig) -> LoraHandles:
     """The trained LoRA network: as configured, or with --dim_from_weights the modules, ranks and alphas of
-    --network_weights; then --network_weights loaded into it."""
+    --network_weights; then --network_weights loaded into it. lycoris.kohya: a LyCORIS network instead."""
+    if cfg.lycoris is not None:
+        return _build_lycoris(unet, te1, te2, cfg)
     state = read_kohya(cfg.network_weights) if cfg.network_weights else None
     if state is not None and cfg.dim_from_weights:
         for model in (unet, te1, te2):
@@ -41,4 +43,15 @@ def build_network(unet: nn.Module, te1: nn.Module, te2: nn.Module, cfg: NetworkC
         handles = apply_lora(unet, te1, te2, cfg)
     if state is not None:
         handles = load_weights(handles, state, str(cfg.network_weights))
+    return handles
+
+
+def _build_lycoris(unet: nn.Module, te1: nn.Module, te2: nn.Module, cfg: NetworkConfig):
+    """The LyCORIS network (network/lycoris_net.py), with --network_weights loaded when given."""
+    from sdxl_lora.network.lycoris_net import build_lycoris
+    from sdxl_lora.network.weights import read_lora
+
+    handles = build_lycoris(unet, te1, te2, cfg)
+    if cfg.network_weights:
+        handles.load_kohya(read_lora(cfg.network_weights)[0], str(cfg.network_weights))
     return handles

@@ -32,6 +32,8 @@ def _times(lr: float | None, ratio: float) -> float | None:
 
 def param_groups(handles: LoraHandles, network: NetworkConfig, optim: OptimConfig) -> list[dict]:
     """[{"params", "lr", "name"}, ...] for the optimizer; names as sd-scripts' lr/<name> log keys."""
+    if hasattr(handles, "param_groups"):  # a LyCORIS network makes its own groups
+        return handles.param_groups(network, optim)
     lora = network.lora
     default = optim.learning_rate
     te_ratio = lora.loraplus_text_encoder_lr_ratio or lora.loraplus_lr_ratio

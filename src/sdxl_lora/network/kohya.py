@@ -49,6 +49,8 @@ def kohya_state_dict(
     handles: LoraHandles, *, save_dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """The adapters as a kohya LoRA state dict, on CPU; weights in their training dtype unless save_dtype."""
+    if hasattr(handles, "kohya_state_dict"):  # a LyCORIS network: its own tensors under kohya names
+        return handles.kohya_state_dict(save_dtype)
     name_ = handles.adapter_name
     state: dict[str, torch.Tensor] = {}
     for name, layer in _named_layers(handles).items():

@@ -24,9 +24,34 @@ def _fits(module: nn.Module, down, up) -> bool:
     return False
 
 
+def check_lycoris(state: Mapping, models: Mapping[Component, nn.Module]) -> list[str]:
+    """A LyCORIS file: every module name (the key up to the first '.') must name a Linear, Conv2d or norm layer
+    of this SDXL and carry an alpha (IA3 and norm modules have none), as A1111/ComfyUI look them up."""
+    problems, modules = [], {}
+    for key in state:
+        name, _, tensor = key.partition(".")
+        modules.setdefault(name, set()).add(tensor)
+    for name, tensors in sorted(modules.items()):
+        try:
+            component, module_path = parse_kohya_name(name)
+            module = models[component].get_submodule(module_path)
+        except (KeyError, AttributeError):
+            problems.append(f"{name}: no SDXL module of this name (a loader ignores it)")
+            continue
+        if not isinstance(module, (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)):
+            problems.append(f"{name}: {type(module).__name__} at {module_path} is not a layer a loader patches")
+        elif "alpha" not in tensors and not tensors & {"weight", "w_norm", "on_input"}:
+            problems.append(f"{name}: no alpha")
+    return problems
+
+
 def check_saved(path: str | Path, models: Mapping[Component, nn.Module]) -> list[str]:
     """Problems a LoRA loader would have with the saved file; [] when every key maps onto an SDXL module."""
-    state, unknown = to_kohya(*read_lora(path))
+    raw, metadata = read_lora(path)
+    lycoris_keys = any(k.startswith("lora_") and not k.endswith((DOWN, UP, ALPHA)) for k in raw)
+    if metadata.get("ss_network_module") == "lycoris.kohya" or lycoris_keys:
+        return check_lycoris(raw, models)
+    state, unknown = to_kohya(raw, metadata)
     problems = [f"{key}: not a LoRA key of SDXL (a loader ignores it)" for key in unknown]
     names = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in state}
     for name in sorted(names):

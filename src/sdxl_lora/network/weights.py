@@ -209,6 +209,8 @@ def max_norm_regularize(handles: LoraHandles, max_norm: float) -> tuple[int, flo
     """--scale_weight_norms (spec 3.10): scale up and down by sqrt(ratio) where ||alpha/r * delta|| > max_norm.
 
     Returns (modules scaled, mean and max of the norms after scaling)."""
+    if hasattr(handles, "max_norm_regularize"):  # a LyCORIS network: LyCORIS' own per-module max-norm
+        return handles.max_norm_regularize(max_norm)
     adapter, norms, scaled = handles.adapter_name, [], 0
     with torch.no_grad():
         for component in handles.models:
