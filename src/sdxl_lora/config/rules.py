@@ -108,6 +108,14 @@ def _number(value, low: float, below: float = math.inf) -> bool:
 def _something_trains(v: dict) -> list[str]:
     if v.get("network_train_unet_only") and v.get("network_train_text_encoder_only"):
         return ["--network_train_unet_only and --network_train_text_encoder_only together train nothing"]
+    # A component whose learning rate is 0 gets no parameter group; with all of them at 0 the optimizer would
+    # be built with no parameters at all (sd-scripts stops there with a traceback).
+    base = v.get("learning_rate")
+    rates = [] if v.get("network_train_text_encoder_only") else [v.get("unet_lr")]
+    if not v.get("network_train_unet_only"):
+        rates += list(v.get("text_encoder_lrs") or (None, None))
+    if base is not None and not any(base if rate is None else rate for rate in rates):
+        return ["every learning rate is 0 (--learning_rate, --unet_lr, --text_encoder_lr): nothing would train"]
     return []
 
 
