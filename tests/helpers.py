@@ -44,3 +44,11 @@ def train_keeping_result(argv: list[str]):
     finally:
         loop.run = real_run
     return code, seen.get("result")
+
+
+def two_image_dataset(tmp: Path, resolution: int = 64) -> Path:
+    """Two captioned random images and a one-subset dataset TOML for them; returns the TOML path."""
+    images = make_images(tmp / "images", [(resolution, resolution)] * 2)
+    return write_toml(tmp / "dataset.toml", (
+        f"[[datasets]]\nresolution = {resolution}\nbatch_size = 1\n"
+        f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n"))

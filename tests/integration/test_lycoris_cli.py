@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from helpers import make_images, train_keeping_result, write_toml
+from helpers import train_keeping_result, two_image_dataset
 from sdxl_lora.cli import main
 
 pytest.importorskip("lycoris")
@@ -22,10 +22,7 @@ TE1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
 
 
 def _args(model, tmp, *network_args, extra=()):
-    images = make_images(tmp / "images", [(64, 64), (64, 64)])
-    toml = write_toml(tmp / "dataset.toml", (
-        "[[datasets]]\nresolution = 64\nbatch_size = 1\n"
-        f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n"))
+    toml = two_image_dataset(tmp)
     return [f"--pretrained_model_name_or_path={model}", f"--dataset_config={toml}", f"--output_dir={tmp / 'out'}",
             "--output_name=lyco", "--network_module=lycoris.kohya", "--network_dim=4", "--network_alpha=2",
             "--learning_rate=1e-2", "--seed=1", "--max_data_loader_n_workers=0", "--max_train_steps=2", *extra,

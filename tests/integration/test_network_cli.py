@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from helpers import make_images, train_keeping_result, write_toml
+from helpers import train_keeping_result, two_image_dataset
 from sdxl_lora.cli import main
 
 NETWORK_ARGS = ("conv_dim=2", "conv_alpha=1", "loraplus_lr_ratio=4", "rank_dropout=0.1", "module_dropout=0.1",
@@ -16,10 +16,7 @@ NETWORK_ARGS = ("conv_dim=2", "conv_alpha=1", "loraplus_lr_ratio=4", "rank_dropo
 
 
 def _args(model, tmp, *extra):
-    images = make_images(tmp / "images", [(64, 64), (64, 64)])
-    toml = write_toml(tmp / "dataset.toml", (
-        "[[datasets]]\nresolution = 64\nbatch_size = 1\n"
-        f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n"))
+    toml = two_image_dataset(tmp)
     return [f"--pretrained_model_name_or_path={model}", f"--dataset_config={toml}", f"--output_dir={tmp / 'out'}",
             "--output_name=net", "--network_module=networks.lora", "--network_dim=4", "--network_alpha=2",
             "--learning_rate=1e-3", "--seed=1", "--max_data_loader_n_workers=0", "--max_train_steps=2", *extra]
