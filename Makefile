@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,optim,lycoris]'
+	$(BIN)/pip install --quiet -e '.[dev,optim,lycoris,log]'
 	touch $(STAMP)
 
 demo: $(STAMP)
