@@ -296,8 +296,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_grad_norm", TRAINING, "float", 1.0, status=WORKS, help="gradient clipping norm; 0 disables"),
     Option("mixed_precision", TRAINING, "str", "no", ("no", "fp16", "bf16"), status=WORKS,
            help="mixed precision; also the dtype of the frozen weights"),
-    Option("full_fp16", TRAINING, "flag", False, roadmap=LOOP,
-           help="network weights and gradients in fp16 (needs --mixed_precision fp16)"),
+    Option("full_fp16", TRAINING, "flag", False, roadmap=LOOP, status=WORKS,
+           help="network weights and gradients in fp16 (needs --mixed_precision fp16); the optimizer steps a "
+                "float32 master copy, so AdamW does not break down as it does in sd-scripts"),
     Option("full_bf16", TRAINING, "flag", False, roadmap=LOOP, status=WORKS,
            help="network weights and gradients in bf16 (needs --mixed_precision bf16)"),
     Option("gradient_checkpointing", TRAINING, "flag", False, status=WORKS,

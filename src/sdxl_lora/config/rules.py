@@ -136,6 +136,12 @@ def _precision(v: dict) -> list[str]:
         out.append("--full_bf16 needs --mixed_precision bf16")
     if v.get("full_fp16") and v.get("full_bf16"):
         out.append("--full_fp16 and --full_bf16 cannot be combined")
+    if v.get("full_fp16") and v.get("fused_backward_pass"):
+        out.append("--full_fp16 with --fused_backward_pass: the fused steps need the whole scaled gradient before "
+                   "the loss scale is known to be finite; use --full_bf16 or plain --mixed_precision fp16")
+    if v.get("full_fp16") and v.get("scale_weight_norms"):
+        out.append("--full_fp16 with --scale_weight_norms: the norm would be applied to the fp16 copies, not to "
+                   "the float32 weights that train; drop one of them")
     for flag in ("fp8_base", "fp8_base_unet"):
         if v.get(flag) and mp == "no":
             out.append(f"--{flag} needs --mixed_precision fp16 or bf16 (fp8 weights compute in that dtype)")

@@ -22,7 +22,7 @@ from sdxl_lora.train import loss as losses
 from sdxl_lora.train import noise as noise_math
 from sdxl_lora.train.check import check_classes
 from sdxl_lora.train.errors import TrainingDiverged
-from sdxl_lora.train.optim import build_optimizer, set_train_mode
+from sdxl_lora.train.optim import build_optimizer, set_train_mode, trained_parameters
 from sdxl_lora.train.progress import LossMeter, NonFiniteLoss, Progress
 from sdxl_lora.train.schedule import due_at_epoch, due_at_step, final_name
 from sdxl_lora.train.schedulers import build_scheduler
@@ -105,7 +105,8 @@ def run(cfg: RunConfig) -> RunResult:
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
     dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
-    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim))
+    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim),
+                                fp32_masters=cfg.model.full_fp16)
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes)
     optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
     # Only models that train are prepared (DDP refuses a model without trainable parameters).
@@ -167,8 +168,7 @@ def run(cfg: RunConfig) -> RunResult:
                 accelerator.backward(loss)
                 # With --fused_backward_pass the optimizer already stepped (and clipped) each tensor in backward.
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
-                    accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
-                                                cfg.optim.max_grad_norm)
+                    accelerator.clip_grad_norm_(trained_parameters(optimizer), cfg.optim.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
