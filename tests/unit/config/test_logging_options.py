@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_toml
+from helpers import two_image_dataset, write_toml
+from sdxl_lora.cli import main
 from sdxl_lora.config import logging_rules
-from sdxl_lora.config.build import logging_config, normalize
+from sdxl_lora.config.build import build_run_config, logging_config, normalize
 from sdxl_lora.config.parser import parse_command_line
 from sdxl_lora.config.rules import check_rules
 from sdxl_lora.config.schema import LogConfig
 
+HUB_MODEL = "--pretrained_model_name_or_path=stabilityai/stable-diffusion-xl-base-1.0"
 NO_WANDB = "--log_with wandb needs the wandb package: pip install wandb"
 
 
@@ -120,3 +122,24 @@ def test_options_with_nothing_to_act_on_warn(tmp_path):
         "--log_config has no effect without --logging_dir or --log_with"]
     assert logging_rules.logging_warnings(_values(f"--logging_dir={tmp_path}", "--wandb_api_key", "k")) == [
         "--wandb_api_key has no effect without --log_with wandb or all"]
+
+
+def test_cli_check_exits_2_with_one_line(tmp_path, capsys, no_wandb):
+    dataset = two_image_dataset(tmp_path)
+    argv = ["check", HUB_MODEL, f"--dataset_config={dataset}", f"--output_dir={tmp_path / 'out'}",
+            "--network_module=networks.lora"]
+    assert main([*argv, "--log_with", "tensorboard"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "sdxl-lora: error: --log_with tensorboard needs --logging_dir (the folder TensorBoard writes to)"]
+    assert main([*argv, "--log_with", "wandb"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"sdxl-lora: error: {NO_WANDB}"]
+    assert main([*argv, f"--logging_dir={tmp_path / 'logs'}", "--wandb_api_key", ""]) == 0
+
+
+def test_build_run_config_carries_the_log_section(tmp_path):
+    dataset = two_image_dataset(tmp_path)
+    parsed = parse_command_line([HUB_MODEL, f"--dataset_config={dataset}", f"--output_dir={tmp_path / 'out'}",
+                                 "--network_module=networks.lora", f"--logging_dir={tmp_path / 'logs'}",
+                                 "--log_prefix=lora-"])
+    cfg = build_run_config(parsed.values, parsed.given)
+    assert cfg.log == LogConfig(log_with=("tensorboard",), logging_dir=tmp_path / "logs", log_prefix="lora-")
