@@ -65,10 +65,14 @@ def init_kwargs(cfg: LogConfig, folder: str | Path | None) -> dict:
 def group_rates(param_groups: Sequence[dict]) -> dict[str, float]:
     """name -> learning rate of each optimizer parameter group (names from network/groups.py, 'group<i>' for a
     group without one), and 'd*lr/<name>' -> d x lr for optimizers that adapt their step size (D-Adaptation,
-    Prodigy keep it as the group's 'd'). Keys are logged as lr/<key>. Reads Python floats the optimizer keeps."""
+    Prodigy keep it as the group's 'd'). Keys are logged as lr/<key>. Call it after the scheduler's step: the
+    scheduler writes each group's lr. These are Python floats, except with Adafactor's relative step size, where
+    the adafactor schedule writes a tensor (reading it is then a sync point)."""
     rates = {}
     for index, group in enumerate(param_groups):
         name = group.get("name") or f"group{index}"
+        if group.get("lr") is None:
+            continue
         rates[name] = float(group["lr"])
         if "d" in group:
             rates[f"d*lr/{name}"] = float(group["d"]) * float(group["lr"])

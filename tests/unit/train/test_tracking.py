@@ -263,3 +263,36 @@ def test_wandb_gets_login_run_name_steps_and_captioned_samples(tmp_path, fake_wa
 def test_no_login_without_a_key(tmp_path, fake_wandb):
     Trackers(LogConfig(log_with=("wandb",))).start(_FakeAccelerator(None), {})
     assert fake_wandb == []
+
+
+@pytest.fixture(scope="module")
+def tiny_lora():
+    from sdxl_lora.config.schema import NetworkConfig
+    from sdxl_lora.models.tiny import build_tiny_pipeline
+    from sdxl_lora.network.lora import apply_lora
+
+    tiny = build_tiny_pipeline(seed=0)
+    return apply_lora(tiny.unet, tiny.text_encoder, tiny.text_encoder_2, NetworkConfig(network_dim=2))
+
+
+@pytest.mark.parametrize(("optimizer_type", "expected"), [
+    ("AdamW", {"textencoder": 5e-5, "unet": 1e-4}),
+    # Prodigy starts from d0 = 1e-6 and takes --learning_rate as the multiplier of d (1.0 here).
+    ("Prodigy", {"textencoder": 1.0, "d*lr/textencoder": 1e-6, "unet": 1.0, "d*lr/unet": 1e-6}),
+])
+def test_group_rates_of_the_networks_prepared_optimizer(tiny_lora, optimizer_type, expected):
+    from accelerate import Accelerator
+
+    from sdxl_lora.config.schema import NetworkConfig, OptimConfig
+    from sdxl_lora.network.groups import param_groups
+    from sdxl_lora.train.optim import build_optimizer
+    from sdxl_lora.train.schedulers import build_scheduler
+
+    if optimizer_type == "Prodigy":
+        pytest.importorskip("prodigyopt")
+        cfg = OptimConfig(optimizer_type="Prodigy", learning_rate=1.0)
+    else:
+        cfg = OptimConfig(optimizer_type="AdamW", learning_rate=1e-4, text_encoder_lr=(5e-5, 5e-5))
+    optimizer = build_optimizer(cfg, param_groups(tiny_lora, NetworkConfig(), cfg))
+    optimizer, scheduler = Accelerator(cpu=True).prepare(optimizer, build_scheduler(cfg, optimizer, 10))
+    assert group_rates(optimizer.param_groups) == pytest.approx(expected)
