@@ -10,6 +10,12 @@ from pathlib import Path
 from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.logging_rules import (
+    DEFAULT_TRACKER_NAME,
+    logging_warnings,
+    read_tracker_config,
+    trackers_for,
+)
 from sdxl_lora.config.lycoris_args import LYCORIS_MODULE, lycoris_warnings, parse_lycoris_args
 from sdxl_lora.config.network_args import LoraArgs, network_args_warnings, network_warnings, parse_lora_args
 from sdxl_lora.config.optimizer_args import (
@@ -22,6 +28,7 @@ from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.schema import (
     DataConfig,
+    LogConfig,
     LossConfig,
     ModelConfig,
     NetworkConfig,
@@ -58,6 +65,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         values.get("network_args"))
     for warning in (lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
                     + save_warnings(values)):
+        log.warning("%s", warning)
+    for warning in logging_warnings(values):
         log.warning("%s", warning)
     return assemble(values, datasets)
 
@@ -230,7 +239,7 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         save_state_on_train_end=bool(v.get("save_state_on_train_end")),
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
-                     noise=noise_config(v), loss=loss_config(v))
+                     noise=noise_config(v), loss=loss_config(v), log=logging_config(v))
 
 
 def noise_config(v: dict) -> NoiseConfig:
@@ -257,6 +266,18 @@ def loss_config(v: dict) -> LossConfig:
         scale_v_pred_loss_like_noise_pred=bool(v.get("scale_v_pred_loss_like_noise_pred")),
         v_pred_like_loss=v.get("v_pred_like_loss"),
         debiased_estimation_loss=bool(v.get("debiased_estimation_loss")), masked_loss=bool(v.get("masked_loss")),
+    )
+
+
+def logging_config(v: dict) -> LogConfig:
+    """Trackers (spec 1.12). An empty string (GUIs write "" for unset options) means not given."""
+    tracker_file = v.get("log_tracker_config")
+    return LogConfig(
+        log_with=trackers_for(v), logging_dir=Path(v["logging_dir"]).expanduser() if v.get("logging_dir") else None,
+        log_prefix=v.get("log_prefix") or "", tracker_name=v.get("log_tracker_name") or DEFAULT_TRACKER_NAME,
+        wandb_run_name=v.get("wandb_run_name") or None,
+        tracker_init_kwargs=read_tracker_config(tracker_file)[0] if tracker_file else None,
+        wandb_api_key=v.get("wandb_api_key") or None, log_config=bool(v.get("log_config")),
     )
 
 

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.logging_rules import logging_problems
 from sdxl_lora.config.lycoris_args import LYCORIS_MODULE, parse_lycoris_args
 from sdxl_lora.config.network_args import parse_lora_args
 from sdxl_lora.config.optimizer_args import (
@@ -269,12 +270,6 @@ def _scheduler_arguments(v: dict, sched: str) -> list[str]:
     return out
 
 
-def _logging(v: dict) -> list[str]:
-    if v.get("log_with") in ("tensorboard", "all") and not v.get("logging_dir"):
-        return [f"--log_with {v['log_with']} needs --logging_dir"]
-    return []
-
-
 def _resume(v: dict) -> list[str]:
     start, total = v.get("initial_step"), v.get("max_train_steps")
     out = []
@@ -329,7 +324,7 @@ def _loraplus_ratio(network_args) -> bool:
 
 RULES: tuple[Callable[[dict], list[str]], ...] = (
     _required, _positive, path_problems, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
-    _noise_and_loss, _key_value_args, _optimizer, _scheduler, _logging, _resume, _network,
+    _noise_and_loss, _key_value_args, _optimizer, _scheduler, logging_problems, _resume, _network,
 )
 
 

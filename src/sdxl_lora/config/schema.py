@@ -283,3 +283,27 @@ class RunConfig:
     """Timesteps and noise of each step."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Target, loss and weighting of each step."""
+    log: LogConfig = field(default_factory=lambda: LogConfig())
+    """Experiment trackers (TensorBoard, wandb)."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Experiment trackers through accelerate (spec 1.12). No tracker when log_with is empty."""
+
+    log_with: tuple[str, ...] = ()
+    """Trackers: () none, ('tensorboard',), ('wandb',), or both (--log_with all); --logging_dir alone = TensorBoard."""
+    logging_dir: Path | None = None
+    """Base folder; each run logs to logging_dir/<log_prefix><YYYYmmddHHMMSS>."""
+    log_prefix: str = ""
+    """Prefix of the timestamped run folder."""
+    tracker_name: str = "network_train"
+    """Tracker project name (TensorBoard: the sub-folder of the run folder; wandb: the project)."""
+    wandb_run_name: str | None = None
+    """wandb run name (kept when the tracker config file names none)."""
+    tracker_init_kwargs: dict | None = None
+    """--log_tracker_config content, one table per tracker ({'wandb': {...}}); None without the file."""
+    wandb_api_key: str | None = field(default=None, repr=False)
+    """wandb.login key; never logged, printed or saved."""
+    log_config: bool = False
+    """Send the options (without secrets and paths) to the trackers."""
