@@ -10,6 +10,7 @@ from pathlib import Path
 from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.hub_options import hub_problems, hub_warnings
 from sdxl_lora.config.lycoris_args import LYCORIS_MODULE, lycoris_warnings, parse_lycoris_args
 from sdxl_lora.config.network_args import LoraArgs, network_args_warnings, network_warnings, parse_lora_args
 from sdxl_lora.config.optimizer_args import (
@@ -22,6 +23,7 @@ from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.schema import (
     DataConfig,
+    HubConfig,
     LossConfig,
     ModelConfig,
     NetworkConfig,
@@ -43,7 +45,7 @@ _IMPLIED = (
 def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunConfig:
     """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
     values, notes = normalize(values, given)
-    problems = unsupported_options(values) + check_rules(values)
+    problems = unsupported_options(values) + check_rules(values) + hub_problems(values)
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
@@ -56,7 +58,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         log.info("%s", note)
     lora_warnings = [] if values.get("network_module") == LYCORIS_MODULE else network_args_warnings(
         values.get("network_args"))
-    for warning in lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values):
+    warnings = lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
+    for warning in warnings + hub_warnings(values):
         log.warning("%s", warning)
     return assemble(values, datasets)
 
@@ -204,7 +207,7 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         no_metadata=bool(v.get("no_metadata")), training_comment=v.get("training_comment"),
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
-                     noise=noise_config(v), loss=loss_config(v))
+                     noise=noise_config(v), loss=loss_config(v), hub=hub_config(v))
 
 
 def noise_config(v: dict) -> NoiseConfig:
@@ -231,6 +234,17 @@ def loss_config(v: dict) -> LossConfig:
         scale_v_pred_loss_like_noise_pred=bool(v.get("scale_v_pred_loss_like_noise_pred")),
         v_pred_like_loss=v.get("v_pred_like_loss"),
         debiased_estimation_loss=bool(v.get("debiased_estimation_loss")), masked_loss=bool(v.get("masked_loss")),
+    )
+
+
+def hub_config(v: dict) -> HubConfig:
+    """Hugging Face Hub options (spec 1.10). GUIs write every option, so an empty string means not given."""
+    return HubConfig(
+        repo_id=v.get("huggingface_repo_id") or None, repo_type=v.get("huggingface_repo_type") or None,
+        path_in_repo=(v.get("huggingface_path_in_repo") or "").strip("/"),
+        token=v.get("huggingface_token") or None, visibility=v.get("huggingface_repo_visibility") or None,
+        save_state_to_huggingface=bool(v.get("save_state_to_huggingface")),
+        resume_from_huggingface=bool(v.get("resume_from_huggingface")), async_upload=bool(v.get("async_upload")),
     )
 
 
