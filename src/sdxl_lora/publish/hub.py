@@ -8,9 +8,11 @@ scrubbed of it before they are logged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sdxl_lora.config.errors import ConfigError
@@ -51,12 +53,20 @@ class Uploader:
 
     def upload_file(self, path: str | Path, *, wait: bool = False) -> None:
         """A saved model file (or diffusers-format folder) to `<path_in_repo>/<name>`."""
-        self._submit(Path(path), wait)
+        path = Path(path)
+        self._submit(functools.partial(self._upload, path.name, [path]), wait)
 
     def upload_folder(self, state_dir: str | Path, *, wait: bool = False) -> None:
         """A saved state folder to `<path_in_repo>/<folder name>/`; nothing without --save_state_to_huggingface."""
         if self.hub.save_state_to_huggingface:
-            self._submit(Path(state_dir), wait)
+            state_dir = Path(state_dir)
+            self._submit(functools.partial(self._upload, state_dir.name, [state_dir]), wait)
+
+    def upload_card(self, card: str | Path, images: Sequence[str | Path] = (), *, wait: bool = True) -> None:
+        """The model card and the sample images it links, in one commit, each at its path relative to the card's
+        folder under `<path_in_repo>` (so the card's relative links work on the Hub)."""
+        card = Path(card)
+        self._submit(functools.partial(self._upload, card.name, [card, *map(Path, images)], base=card.parent), wait)
 
     def drain(self) -> None:
         """Wait until every queued upload has been tried."""
@@ -80,50 +90,62 @@ class Uploader:
     def __exit__(self, *exc) -> None:
         self.finish()
 
-    def _submit(self, path: Path, wait: bool) -> None:
+    def _submit(self, job: Callable[[], None], wait: bool) -> None:
         if self.hub.async_upload and not wait:
             if self._thread is None:
                 self._queue = queue.Queue()
                 self._thread = threading.Thread(target=self._work, args=(self._queue,), name="hub-upload",
                                                 daemon=True)
                 self._thread.start()
-            self._queue.put(path)
+            self._queue.put(job)
             return
         self.drain()  # keeps the order: what was queued before goes first
-        self._upload(path)
+        job()
 
     def _work(self, jobs: queue.Queue) -> None:
         while True:
-            path = jobs.get()
+            job = jobs.get()
             try:
-                if path is None:
+                if job is None:
                     return
-                self._upload(path)
+                job()
             finally:
                 jobs.task_done()
 
-    def _upload(self, path: Path) -> None:
-        target = remote_path(self.hub.path_in_repo, path.name)
-        where = f"{self.hub.repo_id}/{target}"
-        if not path.exists():
-            log.warning("upload of %s to %s skipped: the file was removed before it could be uploaded", path.name,
-                        where)
-            self.failed.append(path.name)
+    def _upload(self, name: str, paths: list[Path], base: Path | None = None) -> None:
+        """One commit: a single file or folder under its own name, or files at their paths relative to `base`."""
+        targets = [remote_path(self.hub.path_in_repo, p.relative_to(base).as_posix() if base else p.name)
+                   for p in paths]
+        where = f"{self.hub.repo_id}/{targets[0]}"
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            what = "the file" if missing == [name] else ", ".join(missing)
+            log.warning("upload of %s to %s skipped: %s was removed before it could be uploaded", name, where, what)
+            self.failed.append(name)
             return
         try:
             self._ensure_repo()
-            common = dict(repo_id=self.hub.repo_id, repo_type=self.hub.repo_type, path_in_repo=target,
-                          commit_message=f"Upload {path.name} (sdxl-lora)")
-            if path.is_dir():
-                self._api.upload_folder(folder_path=str(path), **common)
-            else:
-                self._api.upload_file(path_or_fileobj=str(path), **common)
+            self._commit(name, paths, targets)
         except Exception as err:  # noqa: BLE001 - any failure of an upload is reported and training goes on
-            log.warning("upload of %s to %s failed: %s", path.name, where, self._describe(err))
-            self.failed.append(path.name)
+            log.warning("upload of %s to %s failed: %s", name, where, self._describe(err))
+            self.failed.append(name)
             return
-        self.uploaded.append(target)
-        log.info("uploaded %s to %s", path.name, where)
+        self.uploaded.extend(targets)
+        log.info("uploaded %s to %s", name, where)
+
+    def _commit(self, name: str, paths: list[Path], targets: list[str]) -> None:
+        common = dict(repo_id=self.hub.repo_id, repo_type=self.hub.repo_type,
+                      commit_message=f"Upload {name} (sdxl-lora)")
+        if len(paths) > 1:
+            from huggingface_hub import CommitOperationAdd
+
+            operations = [CommitOperationAdd(path_in_repo=target, path_or_fileobj=str(path))
+                          for path, target in zip(paths, targets, strict=True)]
+            self._api.create_commit(operations=operations, **common)
+        elif paths[0].is_dir():
+            self._api.upload_folder(folder_path=str(paths[0]), path_in_repo=targets[0], **common)
+        else:
+            self._api.upload_file(path_or_fileobj=str(paths[0]), path_in_repo=targets[0], **common)
 
     def _ensure_repo(self) -> None:
         """Create the repo when missing (private unless --huggingface_repo_visibility public); once per run."""
