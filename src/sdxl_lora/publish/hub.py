@@ -87,7 +87,12 @@ class Uploader:
     def __enter__(self) -> Uploader:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            pending = self._queue.unfinished_tasks if self._queue is not None else 0
+            if pending:
+                log.warning("interrupted: %d queued Hugging Face upload(s) not sent", pending)
+            return
         self.finish()
 
     def _submit(self, job: Callable[[], None], wait: bool) -> None:

@@ -173,3 +173,15 @@ def test_the_token_appears_in_no_log_record(fake_hub, saved, logs):
     assert all(TOKEN not in record.getMessage() for record in logs.records)
     assert TOKEN not in logs.text
     assert TOKEN not in repr(uploader.hub)
+
+
+def test_an_interrupt_does_not_wait_for_the_queue(fake_hub, saved, logs):
+    gate = threading.Event()
+    fake_hub.commit_gate = gate
+    with pytest.raises(KeyboardInterrupt), _uploader(fake_hub, async_upload=True) as uploader:
+        uploader.upload_file(saved / STEP_FILE)
+        uploader.upload_file(saved / FINAL_FILE)
+        raise KeyboardInterrupt
+    assert any("queued Hugging Face upload(s) not sent" in w for w in _warnings(logs))
+    gate.set()
+    uploader.finish()  # only so that the thread does not outlive the fake Hub
