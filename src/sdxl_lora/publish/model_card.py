@@ -5,6 +5,7 @@ sample images as relative links. Written atomically; the token is never part of 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from sdxl_lora.common.files import atomic_path
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.config.sources import looks_like_hub_id
 
+log = logging.getLogger(__name__)
 TAGS = ("lora", "stable-diffusion-xl", "text-to-image", "sdxl-lora")
 MAX_TRIGGER_WORDS = 10
 
@@ -21,8 +23,9 @@ def write_model_card(out_dir: str | Path, *, lora_file: str, base_model: str | N
                      trigger_words: Sequence[str] = (), settings: Mapping[str, object] | None = None,
                      samples: Sequence[tuple[str | Path, str]] = (), title: str | None = None,
                      description: str | None = None, license: str | None = None,
-                     tags: Sequence[str] = (), diffusers_snippet: bool = True) -> Path:
-    """Write `out_dir/README.md` and return its path. `samples` are (image file, prompt) pairs; images are
+                     tags: Sequence[str] = (), diffusers_snippet: bool = True) -> Path | None:
+    """Write `out_dir/README.md` and return its path; None (with a warning) when a README.md that this program did
+    not write is already there, which is left as it is. `samples` are (image file, prompt) pairs; images are
     linked relative to `out_dir`. A base model that is not a Hub id (a local file or folder) is named in the text
     only, since the Hub's `base_model` field must name a repo. `diffusers_snippet`: show how to load the file with
     diffusers (when the base model is a Hub id)."""
@@ -40,6 +43,9 @@ def write_model_card(out_dir: str | Path, *, lora_file: str, base_model: str | N
                  trigger_words=trigger_words, settings=settings or {}, links=links, title=title,
                  description=description)
     target = out_dir / "README.md"
+    if target.exists() and not _ours(target):
+        log.warning("%s exists and is not a model card sdxl-lora wrote: left as it is, no model card written", target)
+        return None
     with atomic_path(target) as temporary:
         temporary.write_text(f"---\n{data.to_yaml()}\n---\n\n{body}", encoding="utf-8")
     return target
@@ -72,6 +78,12 @@ def _body(*, lora_file, base_model, snippet_base, trigger_words, settings, links
                   f'pipe.load_lora_weights(".", weight_name="{lora_file}")  # or the repo id holding this file',
                   f'image = pipe({", ".join(trigger_words) or "a photo"!r}).images[0]', "```", ""]
     return "\n".join(lines)
+
+
+def _ours(card: Path) -> bool:
+    """Whether the README.md carries the tag this module writes (so it may be replaced)."""
+    text = card.read_text(encoding="utf-8", errors="replace")
+    return text.startswith("---\n") and f"\n- {TAGS[-1]}\n" in text.split("\n---\n", 1)[0]
 
 
 def _relative(image: str | Path, out_dir: Path) -> str:
@@ -145,9 +157,10 @@ def training_settings(cfg: RunConfig, *, steps: int, epochs: int) -> dict[str, s
 
 
 def card_for_run(cfg: RunConfig, lora_path: str | Path, *, steps: int, epochs: int, datasets: Sequence[Mapping],
-                 samples: Sequence[tuple[str | Path, str]] = ()) -> Path:
+                 samples: Sequence[tuple[str | Path, str]] = ()) -> Path | None:
     """README.md beside `lora_path` for a finished run: the base model, trigger words and settings from the run,
-    title, description, license and extra tags from --metadata_title/description/license/tags."""
+    title, description, license and extra tags from --metadata_title/description/license/tags. None when a
+    README.md this program did not write is in the way."""
     args = cfg.args
     tags = [t.strip() for t in str(args.get("metadata_tags") or "").split(",") if t.strip()]
     return write_model_card(

@@ -137,3 +137,14 @@ def test_the_card_and_its_images_are_uploaded_together(fake_hub, out):
         uploader.upload_card(card, [image])  # at the repo root it is the repo's card: the client validates it first
     assert set(fake_hub.repo("me/root-card").files) == {"README.md", f"sample/{image.name}"}
     assert fake_hub.seen("POST", "^/api/validate-yaml$")
+
+
+def test_a_readme_this_program_did_not_write_is_left_alone(out, caplog):
+    (out / "README.md").write_text("# My notes\n", encoding="utf-8")
+    assert write_model_card(out, lora_file="my_lora.safetensors", base_model=SDXL) is None
+    assert (out / "README.md").read_text(encoding="utf-8") == "# My notes\n"
+    assert "is not a model card sdxl-lora wrote" in caplog.text
+    (out / "README.md").unlink()
+    first = write_model_card(out, lora_file="my_lora.safetensors", base_model=SDXL, trigger_words=["a"])
+    second = write_model_card(out, lora_file="my_lora.safetensors", base_model=SDXL, trigger_words=["b"])
+    assert first == second and "instance_prompt: b" in second.read_text(encoding="utf-8")  # our own card is replaced
