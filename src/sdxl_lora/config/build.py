@@ -59,7 +59,7 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
     lora_warnings = [] if values.get("network_module") == LYCORIS_MODULE else network_args_warnings(
         values.get("network_args"))
     warnings = lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
-    for warning in warnings + hub_warnings(values):
+    for warning in warnings + save_warnings(values) + hub_warnings(values):
         log.warning("%s", warning)
     return assemble(values, datasets)
 
@@ -103,6 +103,24 @@ def _optimizer_notes(v: dict) -> list[str]:
                          "pass --optimizer_args relative_step=False to use --lr_scheduler")
         v["lr_scheduler"] = "adafactor"
     return notes
+
+
+def save_warnings(v: dict) -> list[str]:
+    """Saving options that have nothing to act on (sd-scripts skips them silently): we go on, saying so."""
+    warnings = []
+    for keep, every in (("save_last_n_epochs", "save_every_n_epochs"), ("save_last_n_steps", "save_every_n_steps"),
+                        ("save_last_n_epochs_state", "save_every_n_epochs"),
+                        ("save_last_n_steps_state", "save_every_n_steps")):
+        if v.get(keep) and not v.get(every) and not (every == "save_every_n_epochs" and v.get("save_n_epoch_ratio")):
+            warnings.append(f"--{keep} without --{every}: there are no such saves to thin out")
+    for keep in ("save_last_n_epochs_state", "save_last_n_steps_state"):
+        if v.get(keep) and not v.get("save_state"):
+            warnings.append(f"--{keep} without --save_state: no state folders are saved along the way")
+    if v.get("skip_until_initial_step") and v.get("initial_step") is None and v.get("initial_epoch") is None \
+            and not v.get("resume"):
+        warnings.append("--skip_until_initial_step without --initial_step, --initial_epoch or --resume: "
+                        "there is nothing to skip")
+    return warnings
 
 
 def optimizer_warnings(v: dict) -> list[str]:
@@ -200,11 +218,18 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         max_train_steps=int(v["max_train_steps"]), max_train_epochs=v.get("max_train_epochs"),
         gradient_accumulation_steps=int(v.get("gradient_accumulation_steps") or 1), seed=int(v["seed"]),
         gradient_checkpointing=bool(v.get("gradient_checkpointing")),
+        resume=Path(v["resume"]) if v.get("resume") else None, initial_epoch=v.get("initial_epoch"),
+        initial_step=v.get("initial_step"), skip_until_initial_step=bool(v.get("skip_until_initial_step")),
     )
     save = SaveConfig(
         output_dir=Path(v["output_dir"]), output_name=v.get("output_name"),
         save_model_as=v.get("save_model_as") or "safetensors", save_precision=v.get("save_precision"),
         no_metadata=bool(v.get("no_metadata")), training_comment=v.get("training_comment"),
+        save_every_n_epochs=v.get("save_every_n_epochs"), save_n_epoch_ratio=v.get("save_n_epoch_ratio"),
+        save_every_n_steps=v.get("save_every_n_steps"), save_last_n_epochs=v.get("save_last_n_epochs"),
+        save_last_n_steps=v.get("save_last_n_steps"), save_last_n_epochs_state=v.get("save_last_n_epochs_state"),
+        save_last_n_steps_state=v.get("save_last_n_steps_state"), save_state=bool(v.get("save_state")),
+        save_state_on_train_end=bool(v.get("save_state_on_train_end")),
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
                      noise=noise_config(v), loss=loss_config(v), hub=hub_config(v))

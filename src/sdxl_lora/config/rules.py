@@ -50,7 +50,9 @@ def _positive(v: dict) -> list[str]:
     for name in ("max_train_steps", "gradient_accumulation_steps", "train_batch_size", "vae_batch_size"):
         if v.get(name) is not None and v[name] < 1:
             out.append(f"--{name}={v[name]}: must be at least 1")
-    for name in ("max_train_epochs", "network_dim", "save_every_n_epochs", "save_every_n_steps"):
+    for name in ("max_train_epochs", "network_dim", "save_every_n_epochs", "save_every_n_steps", "save_n_epoch_ratio",
+                 "save_last_n_epochs", "save_last_n_steps", "save_last_n_epochs_state", "save_last_n_steps_state",
+                 "initial_epoch"):
         if v.get(name) is not None and v[name] < 1:
             out.append(f"--{name}={v[name]}: must be at least 1")
     rates = [("learning_rate", v.get("learning_rate")), ("unet_lr", v.get("unet_lr")),
@@ -269,9 +271,12 @@ def _logging(v: dict) -> list[str]:
 
 def _resume(v: dict) -> list[str]:
     start, total = v.get("initial_step"), v.get("max_train_steps")
-    if start is not None and total is not None and start >= total:
-        return [f"--initial_step={start} must be below --max_train_steps={total}"]
-    return []
+    out = []
+    if start is not None and start < 0:
+        out.append(f"--initial_step={start}: must be at least 0")
+    elif start is not None and total is not None and start >= total and not v.get("max_train_epochs"):
+        out.append(f"--initial_step={start} must be below --max_train_steps={total}")
+    return out
 
 
 def _network(v: dict) -> list[str]:

@@ -166,6 +166,26 @@ def _fused_step(self, closure=None) -> None:
     """The optimizer already stepped every tensor during backward."""
 
 
+def optimizer_state(optimizer) -> dict:
+    """The optimizer's state for a state folder; with --fused_backward_pass the per-tensor optimizers hold it."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    fused = getattr(inner, "fused_optimizers", None)
+    state = {"optimizer": optimizer.state_dict()}
+    if fused is not None:
+        state["fused"] = [single.state_dict() for single in fused]
+    return state
+
+
+def load_optimizer_state(optimizer, state: dict) -> None:
+    inner = getattr(optimizer, "optimizer", optimizer)
+    fused = getattr(inner, "fused_optimizers", None)
+    if (fused is None) != ("fused" not in state):
+        raise ValueError("the state was saved with a different --fused_backward_pass setting")
+    optimizer.load_state_dict(state["optimizer"])
+    for single, saved in zip(fused or [], state.get("fused", []), strict=True):
+        single.load_state_dict(saved)
+
+
 def set_train_mode(optimizer, training: bool) -> None:
     """Schedule-free optimizers keep two weight sequences: train() before optimizer steps, eval() before the
     weights are read (saving, sampling, validation). A no-op for every other optimizer."""
