@@ -128,3 +128,10 @@ def test_the_token_is_not_printed_logged_or_written(base_argv, capsys, caplog, t
     assert main([*argv, "--config_file", str(config_file), "--output_config"]) == 0
     text = config_file.read_text(encoding="utf-8")
     assert 'huggingface_repo_id = "me/my-lora"' in text and TOKEN not in text and "huggingface_token" not in text
+
+
+def test_a_hub_location_passes_validation_and_reaches_the_config(base_argv):
+    cfg = _config(base_argv, "--resume=me/my-lora/runs/one/at-step00000004-state:main",
+                  "--resume_from_huggingface", f"--huggingface_token={TOKEN}")
+    assert cfg.hub.resume_from_huggingface and cfg.hub.token == TOKEN
+    assert cfg.args["resume"] == "me/my-lora/runs/one/at-step00000004-state:main"  # the string download_resume takes
