@@ -38,7 +38,7 @@ def test_epoch_saves_are_thinned_as_sd_scripts_does(tiny_model_dir, dataset, tmp
     out = tmp_path / "out"
     assert main(_argv(tiny_model_dir, dataset, out, "--max_train_epochs=4", "--save_every_n_epochs=1",
                       "--save_last_n_epochs=2", "--save_state", "--save_last_n_epochs_state=1")) == 0
-    assert _visible(out) == ["epoch-000002.safetensors", "epoch-000003-state", "epoch-000003.safetensors",
+    assert _visible(out) == ["README.md", "epoch-000002.safetensors", "epoch-000003-state", "epoch-000003.safetensors",
                              "last-state", "last-status.json", "last.safetensors"]
     assert json.loads((out / "epoch-000003-state" / "train_state.json").read_text())["current_step"] == 6
     assert load_file(str(out / "epoch-000002.safetensors"))  # whole files
@@ -50,7 +50,7 @@ def test_step_saves_and_their_states_are_thinned(tiny_model_dir, dataset, tmp_pa
                       "--save_every_n_steps=2", "--save_last_n_steps=2", "--save_state_on_train_end")) == 0
     # At step 6: 6 - 2 - 1 = 3, rounded down to a multiple of 2 -> the save of step 2 goes; 4 and 6 stay.
     # --save_state_on_train_end: one state, at the end.
-    assert _visible(out) == ["s-state", "s-status.json", "s-step00000004.safetensors", "s-step00000006.safetensors",
+    assert _visible(out) == ["README.md", "s-state", "s-status.json", "s-step00000004.safetensors", "s-step00000006.safetensors",
                              "s.safetensors"]
 
 
@@ -127,4 +127,4 @@ def test_initial_step_skips_to_that_step(tiny_model_dir, dataset, tmp_path):
                                               "--skip_until_initial_step", "--save_every_n_steps=1"))
     assert code == 0
     assert (result.steps, len(result.losses)) == (4, 1)
-    assert _visible(tmp_path / "out") == ["i-status.json", "i-step00000004.safetensors", "i.safetensors"]
+    assert _visible(tmp_path / "out") == ["README.md", "i-status.json", "i-step00000004.safetensors", "i.safetensors"]

@@ -21,13 +21,22 @@ from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train import noise as noise_math
 from sdxl_lora.train.check import check_classes
-from sdxl_lora.train.errors import TrainingDiverged
+from sdxl_lora.train.events import Events
 from sdxl_lora.train.optim import build_optimizer, set_train_mode, trained_parameters
-from sdxl_lora.train.progress import LossMeter, NonFiniteLoss, Progress
-from sdxl_lora.train.schedule import due_at_epoch, due_at_step, final_name
+from sdxl_lora.train.progress import Progress
+from sdxl_lora.train.save import RunSaver
+from sdxl_lora.train.schedule import final_name
 from sdxl_lora.train.schedulers import build_scheduler
-from sdxl_lora.train.state import restore_rngs, start_state, state_files, write_state
+from sdxl_lora.train.setup import (
+    cpus,
+    enable_gradient_checkpointing,
+    latent_source_for,
+    text_cache_for,
+    text_source_for,
+)
+from sdxl_lora.train.state import restore_rngs, resume_from_hub, start_state, state_files
 from sdxl_lora.train.steps import plan_steps
+from sdxl_lora.train.tracking import Trackers, accelerator_kwargs, group_rates
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +66,17 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.network.groups import param_groups
     from sdxl_lora.network.hashes import ModelHashes
     from sdxl_lora.network.weights import max_norm_regularize
+    from sdxl_lora.publish.hub import Uploader
 
     session_id, started_at = random.randint(0, 2**32), time.time()
     # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
     model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     check_classes(cfg)  # optimizer/scheduler packages and arguments, before any weight is read
+    if cfg.hub.resume_from_huggingface and cfg.train.resume is not None:  # the state comes first: it may not exist
+        cfg = resume_from_hub(cfg)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
-                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
+                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                              **accelerator_kwargs(cfg.log))
     set_seed(cfg.train.seed)
 
     # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
@@ -95,7 +108,7 @@ def run(cfg: RunConfig) -> RunResult:
 
     # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_first,
-                                         num_workers=min(cfg.data.max_data_loader_n_workers, _cpus()),
+                                         num_workers=min(cfg.data.max_data_loader_n_workers, cpus()),
                                          persistent_workers=cfg.data.persistent_data_loader_workers
                                          and cfg.data.max_data_loader_n_workers > 0,
                                          # Its own generator: starting an epoch then draws nothing from torch's
@@ -117,94 +130,70 @@ def run(cfg: RunConfig) -> RunResult:
     _log_plan(plan, dataset, trainable)
     text_source = text_cache or text_source_for(cfg, te1, te2, accelerator.device)
 
-    from sdxl_lora.train.save import RunSaver
-
     saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
                      optimizer=optimizer, model_hashes=model_hashes, num_processes=accelerator.num_processes)
     parts = step_parts(models, unet, latent_source, text_source, accelerator, placement, cfg)
     # A dedicated generator for timesteps and noise (one stream per process), separate from data shuffling.
     noise_generator = torch.Generator(accelerator.device).manual_seed(cfg.train.seed + accelerator.process_index)
-    snapshot = functools.partial(state_files, handles, optimizer, scheduler, accelerator, noise_generator)
     # Resuming restores weights, optimizer, scheduler, position and every RNG.
     state, rngs = start_state(cfg, plan, handles, optimizer, scheduler, accelerator)
     if rngs is not None:
         restore_rngs(rngs, noise_generator)
-    meter = LossMeter()
-    progress = Progress(Path(cfg.save.output_dir) / f"{final_name(cfg.save.output_name)}-status.json",
-                        total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
-                        enabled=accelerator.is_main_process)
-    main = accelerator.is_main_process
+    trackers = Trackers(cfg.log)
+    trackers.start(accelerator, cfg.args)
+    events = Events(
+        cfg, accelerator, saver, trackers=trackers, num_epochs=plan.num_epochs,
+        progress=Progress(Path(cfg.save.output_dir) / f"{final_name(cfg.save.output_name)}-status.json",
+                          total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
+                          enabled=accelerator.is_main_process),
+        uploader=Uploader(cfg.hub) if cfg.hub.repo_id and accelerator.is_main_process else None,
+        snapshot=functools.partial(state_files, handles, optimizer, scheduler, accelerator, noise_generator))
 
-    def read_losses(batch_lrs: list[float]) -> None:
-        """One device sync: the pending step losses, checked before anything is written."""
-        try:
-            meter.read()
-        except NonFiniteLoss as err:
-            reason = diagnose_non_finite(err.pending.step, err.pending.paths, cfg, err.pending.lrs)
-            progress.finish("failed", error=reason)
-            raise TrainingDiverged(reason) from None
-        progress.show(meter.recent_mean(), batch_lrs)
-
-    def save(checkpoint, *args) -> None:
-        read_losses(scheduler.get_last_lr())
-        accelerator.wait_for_everyone()
-        if main:
-            for path in checkpoint(*args, lambda folder: write_state(folder, snapshot(state))):
-                log.info("saved %s", path)
-                progress.saved(path)
-
-    while state.epoch < plan.num_epochs and state.step < plan.max_train_steps:
-        unet.train()
-        handles.train()  # LoRA dropouts act in training mode, in the text encoders too
-        # A resumed epoch skips the batches already trained (the sampler skips them: no image is read).
-        epoch_loader = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
-        # accelerate's loader passes its own iteration count to dataset.set_epoch when iterated: align it.
-        epoch_loader.set_epoch(state.epoch)
-        dataset.set_epoch(state.epoch)
-        step_loss = 0.0
-        for batch in epoch_loader:
-            with accelerator.accumulate(unet, te1, te2):
-                loss = training_step(batch, parts, cfg, noise_generator)
-                accelerator.backward(loss)
-                # With --fused_backward_pass the optimizer already stepped (and clipped) each tensor in backward.
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
-                    accelerator.clip_grad_norm_(trained_parameters(optimizer), cfg.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients and cfg.network.scale_weight_norms:
-                    max_norm_regularize(handles, cfg.network.scale_weight_norms)
-            state.batch += 1
-            step_loss = step_loss + loss.detach()  # summed on the device: no sync here
-            if not accelerator.sync_gradients:
-                continue
-            state.step, state.micro_step = state.step + 1, accelerator.step
-            lrs = scheduler.get_last_lr()
-            meter.add(state.step, step_loss / cfg.train.gradient_accumulation_steps, lrs, tuple(batch.paths))
+    try:
+        while state.epoch < plan.num_epochs and state.step < plan.max_train_steps:
+            unet.train()
+            handles.train()  # LoRA dropouts act in training mode, in the text encoders too
+            # A resumed epoch skips the batches already trained (the sampler skips them: no image is read).
+            epoch_loader = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
+            # accelerate's loader passes its own iteration count to dataset.set_epoch when iterated: align it.
+            epoch_loader.set_epoch(state.epoch)
+            dataset.set_epoch(state.epoch)
             step_loss = 0.0
-            progress.advance(state.step, state.epoch)
-            if due_at_step(saver.schedule.models, state.step):
-                save(saver.at_step, state.step, state.epoch)
-            elif meter.due():
-                read_losses(lrs)
-            if state.step >= plan.max_train_steps:
-                break
-        else:  # the epoch ran to its end
-            state.next_epoch()
-            if due_at_epoch(saver.schedule.models, state.epoch, plan.num_epochs):
-                save(saver.at_epoch, state.epoch, state.step)
-            continue
-        break
+            for batch in epoch_loader:
+                with accelerator.accumulate(unet, te1, te2):
+                    loss = training_step(batch, parts, cfg, noise_generator)
+                    accelerator.backward(loss)
+                    # --fused_backward_pass: the optimizer already stepped (and clipped) each tensor in backward.
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
+                        accelerator.clip_grad_norm_(trained_parameters(optimizer), cfg.optim.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if accelerator.sync_gradients and cfg.network.scale_weight_norms:
+                        max_norm_regularize(handles, cfg.network.scale_weight_norms)
+                state.batch += 1
+                step_loss = step_loss + loss.detach()  # summed on the device: no sync here
+                if not accelerator.sync_gradients:
+                    continue
+                state.step, state.micro_step = state.step + 1, accelerator.step
+                events.step_done(state, step_loss / cfg.train.gradient_accumulation_steps,
+                                 group_rates(optimizer.param_groups), tuple(batch.paths))
+                step_loss = 0.0
+                if state.step >= plan.max_train_steps:
+                    break
+            else:  # the epoch ran to its end
+                state.next_epoch()
+                events.epoch_done(state)
+                continue
+            break
 
-    read_losses(scheduler.get_last_lr())
-    accelerator.wait_for_everyone()
-    set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
-    written = saver.at_end(steps=state.step, epochs=plan.num_epochs,
-                           write_state=lambda folder: write_state(folder, snapshot(state))) if main else []
-    progress.finish("done", last_saved=str(written[0]) if written else None)
+        set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
+        path = events.finish(state, datasets=dataset.metadata_datasets(), samples=[])
+    finally:
+        trackers.end()
     accelerator.end_training()
-    return RunResult(output_path=written[0] if written else None, losses=meter.values, steps=state.step,
-                     epochs=plan.num_epochs, models=models)
+    return RunResult(output_path=path, losses=events.meter.values, steps=state.step, epochs=plan.num_epochs,
+                     models=models)
 
 
 @dataclass(frozen=True)
@@ -262,83 +251,6 @@ def training_step(batch: Batch, parts: StepParts, cfg: RunConfig, generator: tor
                                 snr_table=parts.snr, loss_weights=batch.loss_weights.to(acc.device), mask=batch.masks)
 
 
-def diagnose_non_finite(step: int, paths: tuple, cfg: RunConfig, lrs: list[float]) -> str:
-    """One line saying where the loss broke and what usually causes it."""
-    hints = ["lower --learning_rate"]
-    if cfg.model.mixed_precision == "fp16" and not cfg.model.no_half_vae:
-        hints.insert(0, "add --no_half_vae (the SDXL VAE overflows in fp16)")
-    if cfg.model.mixed_precision == "fp16":
-        hints.append("use --mixed_precision bf16 if the GPU supports it")
-    images = ", ".join(str(p) for p in paths)
-    return (f"loss is not finite at step {step} (learning rates {', '.join(f'{lr:g}' for lr in lrs)}, "
-            f"mixed precision {cfg.model.mixed_precision}, batch: {images}); nothing was saved from this step "
-            "on (earlier saves are intact); try: "
-            + "; ".join(hints))
-
-
-def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
-    """Live VAE encoding, or (--cache_latents[_to_disk]) every image encoded once now, read by the dataset."""
-    from sdxl_lora.data.cache_files import module_identity
-    from sdxl_lora.data.latent_cache import LatentCacheSettings, build_latent_cache
-    from sdxl_lora.data.sources import CachedLatents, VaeLatents, latent_names
-    from sdxl_lora.data.vae_encode import encode_images, latent_seed
-
-    if not cfg.data.cache_latents:
-        return VaeLatents(vae, device, cfg.data.vae_batch_size)
-    settings = LatentCacheSettings(to_disk=cfg.data.cache_latents_to_disk, skip_check=cfg.data.skip_cache_check,
-                                   batch_size=cfg.data.vae_batch_size, vae_identity=module_identity(vae),
-                                   channels=vae.config.latent_channels)
-
-    def encode(pixels, jobs):
-        keys = [job.key for job in jobs]
-        return encode_images(vae, pixels, latent_names(keys), [latent_seed(k) for k in keys], device,
-                             len(jobs)).cpu()
-
-    # Without --highvram the device cache is cleared after each batch, as sd-scripts does.
-    clear = torch.cuda.empty_cache if torch.cuda.is_available() and not highvram else None
-    dataset.set_latents(build_latent_cache(dataset.latent_jobs(), encode, settings, after_batch=clear))
-    vae.to("cpu")
-    return CachedLatents(vae.config.scaling_factor, device)
-
-
-def text_cache_for(cfg: RunConfig, models, dataset, accelerator):
-    """None, or (--cache_text_encoder_outputs[_to_disk]) every caption variant encoded once now."""
-    from sdxl_lora.data.cache_files import module_identity
-    from sdxl_lora.data.sources import CachedText
-    from sdxl_lora.data.text_cache import CAPTION_VARIANTS, TextCacheSettings, build_text_cache
-    from sdxl_lora.models.text import encode, num_chunks
-
-    if not cfg.data.cache_text_encoder_outputs:
-        return None
-    te1, te2, device = models.text_encoder_1, models.text_encoder_2, accelerator.device
-    tokens = num_chunks(cfg.model.max_token_length) * 75 + 2
-    settings = TextCacheSettings(
-        to_disk=cfg.data.cache_text_encoder_outputs_to_disk, skip_check=cfg.data.skip_cache_check,
-        batch_size=max(d.batch_size for d in cfg.data.datasets),
-        identity=f"{module_identity(te1, te2)}|tokens={tokens}",
-        context_shape=(tokens, te1.config.hidden_size + te2.config.hidden_size),
-        pooled_shape=(te2.config.projection_dim,))
-
-    def encode_captions(captions):
-        ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
-        with torch.no_grad(), accelerator.autocast():
-            return encode(te1, te2, ids1.to(device), ids2.to(device))
-
-    dataset.set_caption_variants(CAPTION_VARIANTS)
-    store = build_text_cache(dataset.text_jobs(), encode_captions, settings)
-    te1.to("cpu")
-    te2.to("cpu")
-    return CachedText(store, device)
-
-
-def text_source_for(cfg: RunConfig, te1, te2, device):
-    """The live text encoders (prepared models, so that their LoRA trains through them)."""
-    from sdxl_lora.data.sources import EncoderText
-    from sdxl_lora.models.text import encode
-
-    return EncoderText(functools.partial(encode, te1, te2), device, trains=cfg.network.train_text_encoder)
-
-
 def size_conditioning(batch: Batch) -> torch.Tensor:
     """SDXL micro-conditioning (spec 5.6): [orig_h, orig_w, crop_top, crop_left, target_h, target_w]."""
     from sdxl_lora.models.text import size_time_ids
@@ -346,25 +258,10 @@ def size_conditioning(batch: Batch) -> torch.Tensor:
     return size_time_ids(batch.original_size_hw, batch.crop_top_left, batch.target_size_hw)
 
 
-def enable_gradient_checkpointing(models, text_encoders: bool) -> None:
-    """Recompute activations in backward: U-Net always, text encoders only when they train."""
-    models.unet.enable_gradient_checkpointing()
-    if text_encoders:
-        for te in (models.text_encoder_1, models.text_encoder_2):
-            te.gradient_checkpointing_enable()
-            te.train()
-
-
 def _log_plan(plan, dataset, trainable) -> None:
     counts = {k: sum(p.numel() for p in v) for k, v in trainable.items()}
     log.info("batches per epoch %d, %d optimizer steps over %d epochs; trainable LoRA parameters %s",
              plan.batches_per_epoch, plan.max_train_steps, plan.num_epochs, counts)
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def loss_summary(step_losses: list[float]) -> tuple[float, float]:

@@ -25,10 +25,16 @@ READ_EVERY_S = 1.0
 
 @dataclass
 class Pending:
+    """One optimizer step whose loss is not read yet."""
+
     step: int
     loss: torch.Tensor
-    lrs: list[float]
+    rates: dict[str, float]
+    """Learning rate per parameter group (lr/<name> log keys)."""
     paths: tuple
+    """Images of the step's last batch (named when the loss is not finite)."""
+    epoch: int = 0
+    step_in_epoch: int = 0
 
 
 class NonFiniteLoss(Exception):
@@ -48,13 +54,14 @@ class LossMeter:
     _pending: list[Pending] = field(default_factory=list)
     _last_read: float = field(default_factory=time.monotonic)
 
-    def add(self, step: int, loss: torch.Tensor, lrs: list[float], paths: tuple = ()) -> None:
-        self._pending.append(Pending(step, loss.detach(), lrs, paths))
+    def add(self, step: int, loss: torch.Tensor, rates: dict[str, float], paths: tuple = (), *, epoch: int = 0,
+            step_in_epoch: int = 0) -> None:
+        self._pending.append(Pending(step, loss.detach(), rates, paths, epoch, step_in_epoch))
 
     def due(self) -> bool:
         return time.monotonic() - self._last_read >= READ_EVERY_S
 
-    def read(self) -> list[float]:
+    def read(self) -> list[tuple[Pending, float]]:
         """Read the pending losses (one sync); raise NonFiniteLoss naming the first non-finite step."""
         self._last_read = time.monotonic()
         if not self._pending:
@@ -63,9 +70,10 @@ class LossMeter:
         for value, pending in zip(read, self._pending, strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLoss(pending)
+        pairs = list(zip(self._pending, read, strict=True))
         self._pending.clear()
         self.values += read
-        return read
+        return pairs
 
     def recent_mean(self, window: int = 20) -> float | None:
         tail = self.values[-window:]

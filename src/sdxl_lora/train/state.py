@@ -207,3 +207,16 @@ def fast_forward(scheduler, steps: int) -> None:
         warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
         for _ in range(steps):
             inner.step()
+
+
+def resume_from_hub(cfg: RunConfig) -> RunConfig:
+    """--resume_from_huggingface: the state folder downloaded from the Hub, checked like a local one."""
+    from sdxl_lora.config.errors import ConfigError
+    from sdxl_lora.config.paths import path_problems
+    from sdxl_lora.publish.hub import download_resume
+
+    local = download_resume(str(cfg.args["resume"]), cfg.hub.token)
+    problems = path_problems({"resume": str(local)})
+    if problems:
+        raise ConfigError(problems)
+    return replace(cfg, train=replace(cfg.train, resume=local))
