@@ -8,7 +8,7 @@ import math
 from sdxl_lora.config.dataset_toml import DatasetConfig
 
 _EPSILON = 1e-9
-"""A product within this of an integer counts as that integer (10 x (1 - 0.3) = 7.000000000000001)."""
+"""A product within this of an integer counts as that integer (10 x (1 - 0.7) = 3.0000000000000004)."""
 
 
 def training_count(n: int, split: float) -> int:

@@ -2,10 +2,11 @@
 
 Each training subset's images (in discovery order) are shuffled with `random.Random(seed)`; training keeps the
 first ceil(n x (1 - split)), validation the rest, so the two never overlap and the split is the same in every
-run with the same seed and files. sd-scripts differs in three ways, each a way for validation images to leak into
-training: without `validation_seed` it shuffles training and validation parts with different random states; it
-sizes the validation part with round(n x split), which can overlap the training part by one image; its
-floating-point ceil keeps 8 of 10 images for training at split 0.3. Regularisation subsets are never split.
+run with the same seed and files. sd-scripts differs where validation images leak into training: without
+`validation_seed` it shuffles the training and the validation part with different random states; it sizes the
+validation part with round(n x split), which can overlap the training part by one image (7 images at split 0.5:
+4 + 4), and its floating-point ceil keeps 4 of 10 images for training at split 0.7 (10 x (1 - 0.7) = 3.0000000000000004)
+beside 7 for validation. Regularisation subsets are never split.
 """
 
 from __future__ import annotations

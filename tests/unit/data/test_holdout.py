@@ -39,7 +39,8 @@ def dataset(tmp_path: Path, n: int = 10, split: float = 0.3, seed: int | None = 
 
 
 @pytest.mark.parametrize(("n", "split", "trains"), [
-    (10, 0.3, 7),  # 10 x 0.7 is 7.000000000000001 in floating point: sd-scripts' ceil gives 8 (overlap)
+    (10, 0.7, 3),  # 10 x (1 - 0.7) is 3.0000000000000004 in floating point: sd-scripts' ceil keeps 4
+    (10, 0.3, 7),
     (10, 0.25, 8),  # ceil(7.5)
     (3, 0.5, 2),  # ceil(1.5)
     (2, 0.5, 1),
