@@ -194,3 +194,15 @@ def test_fine_tuning_datasets_are_split_too(tmp_path):
     (plan,) = build_plan((config,)).datasets
     assert len(plan.images) == len(plan.validation.images) == 2
     assert {i.path for i in plan.images}.isdisjoint(i.path for i in plan.validation.images)
+
+
+def test_mask_datasets_are_split_with_their_masks(tmp_path):
+    images, masks = pngs(tmp_path / "img", 4), pngs(tmp_path / "mask", 4)
+    subset = SubsetConfig(str(images), caption_extension=".txt", conditioning_data_dir=str(masks),
+                          key_path="datasets[0].subsets[0]")
+    config = DatasetConfig(subsets=(subset,), resolution=(64, 64), validation_split=0.5, validation_seed=1)
+    valid = build_validation_dataset(build_plan((config,)), seed=0)
+    batch = valid[0]
+    assert batch.masks is not None and batch.masks.shape == (1, 64, 64)
+    assert {Path(i.mask_path).name for i in valid.datasets[0].plan.images} == {
+        Path(i.path).name for i in valid.datasets[0].plan.images}
