@@ -22,8 +22,11 @@ from sdxl_lora.train import loss as losses
 from sdxl_lora.train import noise as noise_math
 from sdxl_lora.train.check import check_classes
 from sdxl_lora.train.errors import TrainingDiverged
-from sdxl_lora.train.optim import build_optimizer, set_train_mode
+from sdxl_lora.train.optim import build_optimizer, set_train_mode, trained_parameters
+from sdxl_lora.train.progress import LossMeter, NonFiniteLoss, Progress
+from sdxl_lora.train.schedule import due_at_epoch, due_at_step, final_name
 from sdxl_lora.train.schedulers import build_scheduler
+from sdxl_lora.train.state import restore_rngs, start_state, state_files, write_state
 from sdxl_lora.train.steps import plan_steps
 
 log = logging.getLogger(__name__)
@@ -94,11 +97,16 @@ def run(cfg: RunConfig) -> RunResult:
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_first,
                                          num_workers=min(cfg.data.max_data_loader_n_workers, _cpus()),
                                          persistent_workers=cfg.data.persistent_data_loader_workers
-                                         and cfg.data.max_data_loader_n_workers > 0)
+                                         and cfg.data.max_data_loader_n_workers > 0,
+                                         # Its own generator: starting an epoch then draws nothing from torch's
+                                         # global RNG (dropouts use it), so a resumed run draws what the
+                                         # uninterrupted one did.
+                                         generator=torch.Generator().manual_seed(cfg.train.seed))
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
     dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
-    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim))
+    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim),
+                                fp32_masters=cfg.model.full_fp16)
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes)
     optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
     # Only models that train are prepared (DDP refuses a model without trainable parameters).
@@ -116,45 +124,87 @@ def run(cfg: RunConfig) -> RunResult:
     parts = step_parts(models, unet, latent_source, text_source, accelerator, placement, cfg)
     # A dedicated generator for timesteps and noise (one stream per process), separate from data shuffling.
     noise_generator = torch.Generator(accelerator.device).manual_seed(cfg.train.seed + accelerator.process_index)
-    step_losses: list[float] = []
-    progress = _progress(plan.max_train_steps, accelerator.is_main_process)
-    global_step = 0
-    for epoch in range(plan.num_epochs):
-        dataset.set_epoch(epoch)
+    snapshot = functools.partial(state_files, handles, optimizer, scheduler, accelerator, noise_generator)
+    # Resuming restores weights, optimizer, scheduler, position and every RNG.
+    state, rngs = start_state(cfg, plan, handles, optimizer, scheduler, accelerator)
+    if rngs is not None:
+        restore_rngs(rngs, noise_generator)
+    meter = LossMeter()
+    progress = Progress(Path(cfg.save.output_dir) / f"{final_name(cfg.save.output_name)}-status.json",
+                        total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
+                        enabled=accelerator.is_main_process)
+    main = accelerator.is_main_process
+
+    def read_losses(batch_lrs: list[float]) -> None:
+        """One device sync: the pending step losses, checked before anything is written."""
+        try:
+            meter.read()
+        except NonFiniteLoss as err:
+            reason = diagnose_non_finite(err.pending.step, err.pending.paths, cfg, err.pending.lrs)
+            progress.finish("failed", error=reason)
+            raise TrainingDiverged(reason) from None
+        progress.show(meter.recent_mean(), batch_lrs)
+
+    def save(checkpoint, *args) -> None:
+        read_losses(scheduler.get_last_lr())
+        accelerator.wait_for_everyone()
+        if main:
+            for path in checkpoint(*args, lambda folder: write_state(folder, snapshot(state))):
+                log.info("saved %s", path)
+                progress.saved(path)
+
+    while state.epoch < plan.num_epochs and state.step < plan.max_train_steps:
         unet.train()
         handles.train()  # LoRA dropouts act in training mode, in the text encoders too
-        for batch in loader:
+        # A resumed epoch skips the batches already trained (the sampler skips them: no image is read).
+        epoch_loader = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
+        # accelerate's loader passes its own iteration count to dataset.set_epoch when iterated: align it.
+        epoch_loader.set_epoch(state.epoch)
+        dataset.set_epoch(state.epoch)
+        step_loss = 0.0
+        for batch in epoch_loader:
             with accelerator.accumulate(unet, te1, te2):
                 loss = training_step(batch, parts, cfg, noise_generator)
                 accelerator.backward(loss)
                 # With --fused_backward_pass the optimizer already stepped (and clipped) each tensor in backward.
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
-                    accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
-                                                cfg.optim.max_grad_norm)
+                    accelerator.clip_grad_norm_(trained_parameters(optimizer), cfg.optim.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 if accelerator.sync_gradients and cfg.network.scale_weight_norms:
                     max_norm_regularize(handles, cfg.network.scale_weight_norms)
+            state.batch += 1
+            step_loss = step_loss + loss.detach()  # summed on the device: no sync here
             if not accelerator.sync_gradients:
                 continue
-            global_step += 1
-            step_losses.append(loss.detach().item())  # a device sync point, once per optimizer step
-            if not math.isfinite(step_losses[-1]):
-                raise TrainingDiverged(diagnose_non_finite(global_step, batch, cfg, scheduler.get_last_lr()))
-            progress.update(1)
-            progress.set_postfix(loss=f"{_recent_mean(step_losses):.4f}", epoch=f"{epoch + 1}/{plan.num_epochs}")
-            if global_step >= plan.max_train_steps:
+            state.step, state.micro_step = state.step + 1, accelerator.step
+            lrs = scheduler.get_last_lr()
+            meter.add(state.step, step_loss / cfg.train.gradient_accumulation_steps, lrs, tuple(batch.paths))
+            step_loss = 0.0
+            progress.advance(state.step, state.epoch)
+            if due_at_step(saver.schedule.models, state.step):
+                save(saver.at_step, state.step, state.epoch)
+            elif meter.due():
+                read_losses(lrs)
+            if state.step >= plan.max_train_steps:
                 break
-        if global_step >= plan.max_train_steps:
-            break
-    progress.close()
+        else:  # the epoch ran to its end
+            state.next_epoch()
+            if due_at_epoch(saver.schedule.models, state.epoch, plan.num_epochs):
+                save(saver.at_epoch, state.epoch, state.step)
+            continue
+        break
 
+    read_losses(scheduler.get_last_lr())
     accelerator.wait_for_everyone()
     set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
-    path = saver.save_final(steps=global_step, epochs=plan.num_epochs) if accelerator.is_main_process else None
+    written = saver.at_end(steps=state.step, epochs=plan.num_epochs,
+                           write_state=lambda folder: write_state(folder, snapshot(state))) if main else []
+    progress.finish("done", last_saved=str(written[0]) if written else None)
     accelerator.end_training()
-    return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
+    return RunResult(output_path=written[0] if written else None, losses=meter.values, steps=state.step,
+                     epochs=plan.num_epochs, models=models)
 
 
 @dataclass(frozen=True)
@@ -212,16 +262,17 @@ def training_step(batch: Batch, parts: StepParts, cfg: RunConfig, generator: tor
                                 snr_table=parts.snr, loss_weights=batch.loss_weights.to(acc.device), mask=batch.masks)
 
 
-def diagnose_non_finite(step: int, batch: Batch, cfg: RunConfig, lrs: list[float]) -> str:
+def diagnose_non_finite(step: int, paths: tuple, cfg: RunConfig, lrs: list[float]) -> str:
     """One line saying where the loss broke and what usually causes it."""
     hints = ["lower --learning_rate"]
     if cfg.model.mixed_precision == "fp16" and not cfg.model.no_half_vae:
         hints.insert(0, "add --no_half_vae (the SDXL VAE overflows in fp16)")
     if cfg.model.mixed_precision == "fp16":
         hints.append("use --mixed_precision bf16 if the GPU supports it")
-    images = ", ".join(str(p) for p in batch.paths)
+    images = ", ".join(str(p) for p in paths)
     return (f"loss is not finite at step {step} (learning rates {', '.join(f'{lr:g}' for lr in lrs)}, "
-            f"mixed precision {cfg.model.mixed_precision}, batch: {images}); nothing was saved; try: "
+            f"mixed precision {cfg.model.mixed_precision}, batch: {images}); nothing was saved from this step "
+            "on (earlier saves are intact); try: "
             + "; ".join(hints))
 
 
@@ -308,17 +359,6 @@ def _log_plan(plan, dataset, trainable) -> None:
     counts = {k: sum(p.numel() for p in v) for k, v in trainable.items()}
     log.info("batches per epoch %d, %d optimizer steps over %d epochs; trainable LoRA parameters %s",
              plan.batches_per_epoch, plan.max_train_steps, plan.num_epochs, counts)
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="steps", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
-
-
-def _recent_mean(values: list[float], window: int = 20) -> float:
-    tail = values[-window:]
-    return sum(tail) / len(tail)
 
 
 def _cpus() -> int:
