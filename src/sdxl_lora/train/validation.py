@@ -45,12 +45,6 @@ def validation_due(cfg: ValidationConfig, *, step: int | None = None, epoch: int
     return cfg.every_n_epochs is None or epoch % cfg.every_n_epochs == 0
 
 
-def divergence(validation_average: float, training_average: float) -> float:
-    """sd-scripts' loss/validation/{step,epoch}_divergence: the validation loss minus the training loss's moving
-    average (the value logged as loss/average); it grows when the LoRA overfits the training images."""
-    return validation_average - training_average
-
-
 def at_timestep(cfg: RunConfig, timestep: int) -> RunConfig:
     """`cfg` with every sample's timestep `timestep`: noise.sample_timesteps puts every sample at max_timestep
     when min_timestep >= max_timestep (sd-scripts sets both to t), drawing nothing from the generator."""

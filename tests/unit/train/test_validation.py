@@ -16,7 +16,6 @@ from helpers import make_images, write_toml
 from sdxl_lora.config.schema import ValidationConfig
 from sdxl_lora.train.validation import (
     at_timestep,
-    divergence,
     validation_due,
     validation_loss,
     validation_timesteps,
@@ -48,10 +47,6 @@ def test_validation_due(cfg, step, epoch, due):
 def test_validation_due_wants_step_or_epoch():
     with pytest.raises(ValueError):
         validation_due(ValidationConfig(), step=1, epoch=1)
-
-
-def test_divergence_is_validation_minus_training():
-    assert divergence(0.25, 0.125) == 0.125
 
 
 def test_mean_over_batches_and_timesteps_up_to_max_steps():
