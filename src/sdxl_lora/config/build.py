@@ -10,6 +10,7 @@ from pathlib import Path
 from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.hub_options import hub_problems, hub_warnings
 from sdxl_lora.config.logging_rules import (
     DEFAULT_TRACKER_NAME,
     logging_warnings,
@@ -28,6 +29,7 @@ from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.schema import (
     DataConfig,
+    HubConfig,
     LogConfig,
     LossConfig,
     ModelConfig,
@@ -51,7 +53,7 @@ _IMPLIED = (
 def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunConfig:
     """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
     values, notes = normalize(values, given)
-    problems = unsupported_options(values) + check_rules(values) + validation_problems(values)
+    problems = unsupported_options(values) + check_rules(values) + hub_problems(values) + validation_problems(values)
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
@@ -64,8 +66,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         log.info("%s", note)
     lora_warnings = [] if values.get("network_module") == LYCORIS_MODULE else network_args_warnings(
         values.get("network_args"))
-    for warning in (lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
-                    + save_warnings(values) + validation_warnings(values, datasets)):
+    warnings = lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
+    for warning in warnings + save_warnings(values) + hub_warnings(values) + validation_warnings(values, datasets):
         log.warning("%s", warning)
     for warning in logging_warnings(values):
         log.warning("%s", warning)
@@ -241,7 +243,7 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
                      noise=noise_config(v), loss=loss_config(v), validation=validation_config(v),
-                     log=logging_config(v))
+                     log=logging_config(v), hub=hub_config(v))
 
 
 def noise_config(v: dict) -> NoiseConfig:
@@ -311,6 +313,17 @@ def logging_config(v: dict) -> LogConfig:
         wandb_run_name=v.get("wandb_run_name") or None,
         tracker_init_kwargs=read_tracker_config(tracker_file)[0] if tracker_file else None,
         wandb_api_key=v.get("wandb_api_key") or None, log_config=bool(v.get("log_config")),
+    )
+
+
+def hub_config(v: dict) -> HubConfig:
+    """Hugging Face Hub options (spec 1.10). GUIs write every option, so an empty string means not given."""
+    return HubConfig(
+        repo_id=v.get("huggingface_repo_id") or None, repo_type=v.get("huggingface_repo_type") or None,
+        path_in_repo=(v.get("huggingface_path_in_repo") or "").strip("/"),
+        token=v.get("huggingface_token") or None, visibility=v.get("huggingface_repo_visibility") or None,
+        save_state_to_huggingface=bool(v.get("save_state_to_huggingface")),
+        resume_from_huggingface=bool(v.get("resume_from_huggingface")), async_upload=bool(v.get("async_upload")),
     )
 
 

@@ -198,20 +198,27 @@ OPTIONS: tuple[Option, ...] = (
            help="save a resumable state folder with each save and at the end"),
     Option("save_state_on_train_end", OUTPUT, "flag", False, roadmap=LOOP, status=WORKS,
            help="save a resumable state folder at the end only"),
-    Option("huggingface_repo_id", OUTPUT, "str", None, roadmap=SAMPLING,
-           help="upload every saved file to this Hugging Face repo"),
-    Option("huggingface_repo_type", OUTPUT, "str", None, roadmap=SAMPLING, help="Hugging Face repo type"),
-    Option("huggingface_path_in_repo", OUTPUT, "str", None, roadmap=SAMPLING,
-           help="folder inside the Hugging Face repo for uploads"),
-    Option("huggingface_token", OUTPUT, "str", None, roadmap=SAMPLING, secret=True,
-           help="Hugging Face token (never written to --output_config files)"),
-    Option("huggingface_repo_visibility", OUTPUT, "str", None, roadmap=SAMPLING,
-           help="'public' for a public repo; anything else creates a private one"),
-    Option("save_state_to_huggingface", OUTPUT, "flag", False, roadmap=SAMPLING,
-           help="also upload state folders"),
-    Option("resume_from_huggingface", OUTPUT, "flag", False, roadmap=SAMPLING,
-           help="--resume is 'owner/repo/path[:revision[:type]]' on the Hugging Face Hub"),
-    Option("async_upload", OUTPUT, "flag", False, roadmap=SAMPLING, help="upload in a background thread"),
+    Option("huggingface_repo_id", OUTPUT, "str", None, status=WORKS,
+           help="upload every saved LoRA file (and, with --save_state_to_huggingface, each state folder) to this "
+                "Hugging Face repo (owner/name), created if missing; a failed upload is a warning, training goes on"),
+    Option("huggingface_repo_type", OUTPUT, "str", None, status=WORKS,
+           help="repo type of --huggingface_repo_id: model (default), dataset or space"),
+    Option("huggingface_path_in_repo", OUTPUT, "str", None, status=WORKS,
+           help="folder in the repo for the uploads (each file keeps its name); unset: the repo root"),
+    Option("huggingface_token", OUTPUT, "str", None, status=WORKS, secret=True,
+           help="Hugging Face access token (unset or empty: the saved login or HF_TOKEN); never logged, printed "
+                "or written to metadata or --output_config files"),
+    Option("huggingface_repo_visibility", OUTPUT, "str", None, status=WORKS,
+           help="'public' creates a public repo; anything else, or unset, a private one (an existing repo is "
+                "left as it is)"),
+    Option("save_state_to_huggingface", OUTPUT, "flag", False, status=WORKS,
+           help="also upload each saved state folder, to <path_in_repo>/<state folder name>"),
+    Option("resume_from_huggingface", OUTPUT, "flag", False, status=WORKS,
+           help="--resume is owner/repo/path[:revision[:repo_type]] on the Hugging Face Hub: the files under "
+                "path are downloaded (into the Hugging Face cache) and resumed from"),
+    Option("async_upload", OUTPUT, "flag", False, status=WORKS,
+           help="upload in a background thread, one file after the other; the final LoRA upload still waits, "
+                "and the run waits for queued uploads before it ends"),
     # Network (spec 1.6)
     Option("network_module", NETWORK, "str", None, status=WORKS,
            help="network module: networks.lora, or lycoris.kohya (LyCORIS, needs pip install lycoris-lora==4.1.3; "
@@ -531,3 +538,9 @@ def choice_status(table: Mapping[str, str], name: str, *, ignore_case: bool = Fa
         table = {key.lower(): status for key, status in table.items()}
         name = name.lower()
     return table.get(name, NOT_YET)
+
+
+def without_secrets(values: Mapping[str, object]) -> dict:
+    """`values` minus the secret options (tokens, API keys), for anything that records or shows option values."""
+    secret = {option.name for option in OPTIONS if option.secret}
+    return {name: value for name, value in values.items() if name not in secret}

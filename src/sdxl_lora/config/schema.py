@@ -287,6 +287,8 @@ class RunConfig:
     """Validation loss on held-out images: when and how much."""
     log: LogConfig = field(default_factory=lambda: LogConfig())
     """Experiment trackers (TensorBoard, wandb)."""
+    hub: HubConfig = field(default_factory=lambda: HubConfig())
+    """Hugging Face Hub upload and resume."""
 
 
 @dataclass(frozen=True)
@@ -326,3 +328,29 @@ class LogConfig:
     """wandb.login key; never logged, printed or saved."""
     log_config: bool = False
     """Send the options (without secrets and paths) to the trackers."""
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Uploads to, and resuming from, the Hugging Face Hub (spec 1.10, 7.1)."""
+
+    repo_id: str | None = None
+    """Repo that receives every saved model file; None: nothing is uploaded."""
+    repo_type: str | None = None
+    """model (None), dataset or space."""
+    path_in_repo: str = ""
+    """Folder in the repo for the uploads; '' puts them at the repo root."""
+    token: str | None = field(default=None, repr=False)
+    """Access token; None uses the saved login or HF_TOKEN. Never logged, printed or saved."""
+    visibility: str | None = None
+    """'public' creates a public repo; anything else (None too) a private one. An existing repo is left as it is."""
+    save_state_to_huggingface: bool = False
+    """Also upload each saved state folder."""
+    resume_from_huggingface: bool = False
+    """--resume names a state folder on the Hub (owner/repo/path[:revision[:repo_type]]), downloaded first."""
+    async_upload: bool = False
+    """Upload in a background thread; the final model upload still waits."""
+
+    @property
+    def private(self) -> bool:
+        return self.visibility != "public"

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sdxl_lora import __version__
+from sdxl_lora.config.options import without_secrets
 
 ARCHITECTURE = "stable-diffusion-xl-v1-base/lora"
 IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
@@ -66,6 +67,7 @@ def effective_text_encoder_lr(lrs: tuple[float | None, float | None]) -> float |
 
 def training_metadata(args: dict, facts: RunFacts) -> dict[str, str]:
     """The ss_* keys fixed for the whole run (spec 4.1); save-time keys are added by `at_save`."""
+    args = without_secrets(args)
     meta = {f"ss_{k}": str(args.get(k)) for k in _ARG_KEYS}
     meta.update({
         "ss_session_id": str(facts.session_id),
@@ -133,6 +135,7 @@ def at_save(base: dict[str, str], args: dict, *, steps: int, epoch: int, now: fl
 
 def modelspec(args: dict, now: float) -> dict[str, str]:
     """ModelSpec 1.0.1 keys for an SDXL LoRA."""
+    args = without_secrets(args)
     title = args.get("metadata_title") or args.get("output_name") or f"LoRA@{now}"
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
