@@ -39,6 +39,7 @@ from sdxl_lora.config.schema import (
     RunConfig,
     SaveConfig,
     TrainConfig,
+    ValidationConfig,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ _IMPLIED = (
 def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunConfig:
     """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
     values, notes = normalize(values, given)
-    problems = unsupported_options(values) + check_rules(values) + hub_problems(values)
+    problems = unsupported_options(values) + check_rules(values) + hub_problems(values) + validation_problems(values)
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
@@ -66,7 +67,7 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
     lora_warnings = [] if values.get("network_module") == LYCORIS_MODULE else network_args_warnings(
         values.get("network_args"))
     warnings = lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
-    for warning in warnings + save_warnings(values) + hub_warnings(values):
+    for warning in warnings + save_warnings(values) + hub_warnings(values) + validation_warnings(values, datasets):
         log.warning("%s", warning)
     for warning in logging_warnings(values):
         log.warning("%s", warning)
@@ -241,8 +242,8 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         save_state_on_train_end=bool(v.get("save_state_on_train_end")),
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
-                     noise=noise_config(v), loss=loss_config(v), log=logging_config(v),
-                     hub=hub_config(v))
+                     noise=noise_config(v), loss=loss_config(v), validation=validation_config(v),
+                     log=logging_config(v), hub=hub_config(v))
 
 
 def noise_config(v: dict) -> NoiseConfig:
@@ -270,6 +271,37 @@ def loss_config(v: dict) -> LossConfig:
         v_pred_like_loss=v.get("v_pred_like_loss"),
         debiased_estimation_loss=bool(v.get("debiased_estimation_loss")), masked_loss=bool(v.get("masked_loss")),
     )
+
+
+_VALIDATION_COUNTS = ("validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps")
+
+
+def validation_config(v: dict) -> ValidationConfig:
+    """When and how much to validate (spec 1.13); the validation RNG seed falls back to --seed."""
+    return ValidationConfig(
+        split=float(v.get("validation_split") or 0.0),
+        seed=int(v["validation_seed"] if v.get("validation_seed") is not None else v["seed"]),
+        every_n_steps=v.get("validate_every_n_steps"), every_n_epochs=v.get("validate_every_n_epochs"),
+        max_steps=v.get("max_validation_steps"),
+    )
+
+
+def validation_problems(v: dict) -> list[str]:
+    """Validation counts are positive. (validation_split is checked per dataset, where the TOML may override
+    the flag: config.dataset_validate.)"""
+    return [f"--{name}={v[name]}: must be at least 1" for name in _VALIDATION_COUNTS
+            if v.get(name) is not None and v[name] < 1]
+
+
+def validation_warnings(v: dict, datasets: tuple) -> list[str]:
+    """Validation flags given while no dataset holds images out: nothing to validate (sd-scripts is silent)."""
+    if any(d.validation_split > 0 for d in datasets):
+        return []
+    given = [f"--{name}" for name in (*_VALIDATION_COUNTS, "validation_seed") if v.get(name) is not None]
+    if not given:
+        return []
+    return [f"{', '.join(given)}: no validation loss is computed because no dataset holds images out; set "
+            "--validation_split (or validation_split in --dataset_config) above 0"]
 
 
 def logging_config(v: dict) -> LogConfig:

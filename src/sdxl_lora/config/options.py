@@ -411,16 +411,18 @@ OPTIONS: tuple[Option, ...] = (
            help="multiply the loss by the mask images of conditioning_data_dir subsets (red channel, cropped "
                 "like their image); alpha_mask subsets are masked with or without it"),
     # Validation (spec 1.13)
-    Option("validation_split", VALIDATION, "float", 0.0, roadmap=SAMPLING,
-           help="default fraction of each dataset held out for validation"),
-    Option("validation_seed", VALIDATION, "int", None, roadmap=SAMPLING,
-           help="seed of the split and of validation (default --seed)"),
-    Option("validate_every_n_steps", VALIDATION, "int", None, roadmap=SAMPLING,
-           help="validate every N steps"),
-    Option("validate_every_n_epochs", VALIDATION, "int", None, roadmap=SAMPLING,
-           help="validate every N epochs (default every epoch)"),
-    Option("max_validation_steps", VALIDATION, "int", None, roadmap=SAMPLING,
-           help="most validation batches per run"),
+    Option("validation_split", VALIDATION, "float", 0.0, roadmap=SAMPLING, status=WORKS,
+           help="fraction in [0, 1) of each dataset's training images held out for the validation loss (a "
+                "dataset's validation_split in --dataset_config wins); regularisation images are never held out"),
+    Option("validation_seed", VALIDATION, "int", None, roadmap=SAMPLING, status=WORKS,
+           help="seed of the held-out split (a dataset's validation_seed wins) and of the validation noise "
+                "(default --seed)"),
+    Option("validate_every_n_steps", VALIDATION, "int", None, roadmap=SAMPLING, status=WORKS,
+           help="also validate after every N optimizer steps"),
+    Option("validate_every_n_epochs", VALIDATION, "int", None, roadmap=SAMPLING, status=WORKS,
+           help="validate after every N epochs (default every epoch)"),
+    Option("max_validation_steps", VALIDATION, "int", None, roadmap=SAMPLING, status=WORKS,
+           help="most validation batches per validation run (default all)"),
     # Distributed and others (spec 1.2, 1.8)
     Option("seed", OTHERS, "int", None, status=WORKS, help="global random seed (random when unset)"),
     Option("max_token_length", OTHERS, "int", None, (75, 150, 225), roadmap=LOADING, status=WORKS,

@@ -283,10 +283,29 @@ class RunConfig:
     """Timesteps and noise of each step."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Target, loss and weighting of each step."""
+    validation: ValidationConfig = field(default_factory=lambda: ValidationConfig())
+    """Validation loss on held-out images: when and how much."""
     log: LogConfig = field(default_factory=lambda: LogConfig())
     """Experiment trackers (TensorBoard, wandb)."""
     hub: HubConfig = field(default_factory=lambda: HubConfig())
     """Hugging Face Hub upload and resume."""
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Validation loss on images held out of training (spec 1.13, 2.10, 5.8). Which images are held out is
+    decided per dataset (DatasetConfig.validation_split / validation_seed, TOML over the flags)."""
+
+    split: float = 0.0
+    """--validation_split: the fraction held out of each dataset that sets none in the TOML."""
+    seed: int = 0
+    """Seed of the validation noise and RNG: --validation_seed, else --seed."""
+    every_n_steps: int | None = None
+    """Validate after every N optimizer steps; None: not on steps."""
+    every_n_epochs: int | None = None
+    """Validate after every N epochs; None: after every epoch."""
+    max_steps: int | None = None
+    """Most validation batches per validation run; None: all of them."""
 
 
 @dataclass(frozen=True)

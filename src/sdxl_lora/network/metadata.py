@@ -57,6 +57,7 @@ class RunFacts:
     dataset_dirs: dict = field(default_factory=dict)
     reg_dataset_dirs: dict = field(default_factory=dict)
     num_processes: int = 1
+    num_validation_images: int = 0
 
 
 def effective_text_encoder_lr(lrs: tuple[float | None, float | None]) -> float | None:
@@ -73,7 +74,7 @@ def training_metadata(args: dict, facts: RunFacts) -> dict[str, str]:
         "ss_training_started_at": str(facts.training_started_at),
         "ss_text_encoder_lr": str(facts.text_encoder_lr),
         "ss_num_train_images": str(facts.num_train_images),
-        "ss_num_validation_images": "0",
+        "ss_num_validation_images": str(facts.num_validation_images),
         "ss_num_reg_images": str(facts.num_reg_images),
         "ss_num_batches_per_epoch": str(facts.num_batches_per_epoch),
         "ss_num_epochs": str(facts.num_epochs),
