@@ -50,8 +50,8 @@ def test_step_saves_and_their_states_are_thinned(tiny_model_dir, dataset, tmp_pa
                       "--save_every_n_steps=2", "--save_last_n_steps=2", "--save_state_on_train_end")) == 0
     # At step 6: 6 - 2 - 1 = 3, rounded down to a multiple of 2 -> the save of step 2 goes; 4 and 6 stay.
     # --save_state_on_train_end: one state, at the end.
-    assert _visible(out) == ["README.md", "s-state", "s-status.json", "s-step00000004.safetensors", "s-step00000006.safetensors",
-                             "s.safetensors"]
+    assert _visible(out) == ["README.md", "s-state", "s-status.json", "s-step00000004.safetensors",
+                             "s-step00000006.safetensors", "s.safetensors"]
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_save(tiny_model_dir, dataset, tmp_path,

@@ -8,6 +8,7 @@ with the pure functions of schedule.py whether its turn has come.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sdxl_lora.train.progress import LossMeter, NonFiniteLoss, Progress
 from sdxl_lora.train.schedule import due_at_epoch, due_at_step
 from sdxl_lora.train.state import TrainState, write_state
 from sdxl_lora.train.tracking import LossAverage
+from sdxl_lora.train.validation import validation_due
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class Events:
     snapshot: object
     """TrainState -> StateFiles (state.state_files bound to this run's parts)."""
     num_epochs: int
+    validate: Callable[[], float] | None = None
+    """The validation loss of the current weights (fixed timesteps and noise); None without held-out images."""
     meter: LossMeter = field(default_factory=LossMeter)
     average: LossAverage = field(default_factory=LossAverage)
     written: list[Path] = field(default_factory=list)
@@ -56,13 +60,26 @@ class Events:
             self.save(self.saver.at_step, state, state.step, state.epoch)
         elif self.meter.due():
             self.read_losses()
+        if self.validate is not None and validation_due(self.cfg.validation, step=state.step):
+            self.validation(state.step, state.epoch + 1)
 
     def epoch_done(self, state: TrainState) -> None:
         """After 1-based epoch `state.epoch` (already advanced): its logs, then its save if due."""
         self.read_losses()
         self.trackers.log_epoch(state.epoch, state.step, self.average.average)
+        if self.validate is not None and validation_due(self.cfg.validation, epoch=state.epoch):
+            self.validation(state.step, state.epoch, epoch_end=True)
         if due_at_epoch(self.saver.schedule.models, state.epoch, self.num_epochs):
             self.save(self.saver.at_epoch, state, state.epoch, state.step)
+
+    def validation(self, step: int, epoch: int, *, epoch_end: bool = False) -> float:
+        """The validation loss now: logged, and one line for people."""
+        self.read_losses()
+        value = self.validate()
+        self.trackers.log_validation(step, epoch, value, self.average.average, epoch_end=epoch_end)
+        log.info("validation loss %.6f at step %d (epoch %d)", value, step, epoch)
+        self.progress.facts["validation_loss"] = value
+        return value
 
     def read_losses(self) -> None:
         """One device sync: the pending step losses, checked before anything is written, then logged."""

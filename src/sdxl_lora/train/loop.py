@@ -28,7 +28,7 @@ from sdxl_lora.train.save import RunSaver
 from sdxl_lora.train.schedule import final_name
 from sdxl_lora.train.schedulers import build_scheduler
 from sdxl_lora.train.setup import (
-    cpus,
+    data_loader,
     enable_gradient_checkpointing,
     latent_source_for,
     text_cache_for,
@@ -37,6 +37,7 @@ from sdxl_lora.train.setup import (
 from sdxl_lora.train.state import restore_rngs, resume_from_hub, start_state, state_files
 from sdxl_lora.train.steps import plan_steps
 from sdxl_lora.train.tracking import Trackers, accelerator_kwargs, group_rates
+from sdxl_lora.train.validation import fixed_timestep_step, validation_loss, validation_timesteps
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def run(cfg: RunConfig) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from sdxl_lora.data.dataset import build_train_dataset, collate_first, shuffle_seed
+    from sdxl_lora.data.dataset import CacheGroup, build_train_dataset, build_validation_dataset, shuffle_seed
     from sdxl_lora.data.plan import build_plan
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
@@ -89,14 +90,17 @@ def run(cfg: RunConfig) -> RunResult:
                                max_token_length=cfg.model.max_token_length)
     dataset = build_train_dataset(data_plan, seed=shuffle_seed(cfg.train.seed),
                                   prior_loss_weight=cfg.data.prior_loss_weight, tokenize=tokens)
+    # Images held out by --validation_split: fixed order, no augmentation; cached together with training's.
+    valid = build_validation_dataset(data_plan, seed=shuffle_seed(cfg.validation.seed), tokenize=tokens)
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
-    latent_source = latent_source_for(cfg, models.vae, dataset, accelerator.device, placement.highvram)
+    latent_source = latent_source_for(cfg, models.vae, CacheGroup(dataset, valid), accelerator.device,
+                                      placement.highvram)
     # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave it.
-    text_cache = text_cache_for(cfg, models, dataset, accelerator)
+    text_cache = text_cache_for(cfg, models, CacheGroup(dataset, valid), accelerator)
 
     handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
@@ -107,14 +111,7 @@ def run(cfg: RunConfig) -> RunResult:
         enable_gradient_checkpointing(models, cfg.network.train_text_encoder)
 
     # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_first,
-                                         num_workers=min(cfg.data.max_data_loader_n_workers, cpus()),
-                                         persistent_workers=cfg.data.persistent_data_loader_workers
-                                         and cfg.data.max_data_loader_n_workers > 0,
-                                         # Its own generator: starting an epoch then draws nothing from torch's
-                                         # global RNG (dropouts use it), so a resumed run draws what the
-                                         # uninterrupted one did.
-                                         generator=torch.Generator().manual_seed(cfg.train.seed))
+    loader = data_loader(dataset, cfg)
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
     dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
@@ -139,10 +136,17 @@ def run(cfg: RunConfig) -> RunResult:
     state, rngs = start_state(cfg, plan, handles, optimizer, scheduler, accelerator)
     if rngs is not None:
         restore_rngs(rngs, noise_generator)
+    validate = None
+    if valid is not None:
+        validate = functools.partial(
+            validation_loss, data_loader(valid, cfg), fixed_timestep_step(training_step, parts, cfg),
+            validation_timesteps(cfg.noise.min_timestep, cfg.noise.max_timestep), cfg.validation.seed,
+            cfg.validation.max_steps, device=accelerator.device, optimizer=optimizer,
+            modules=(unet, te1, te2, getattr(handles, "network", None)))
     trackers = Trackers(cfg.log)
     trackers.start(accelerator, cfg.args)
     events = Events(
-        cfg, accelerator, saver, trackers=trackers, num_epochs=plan.num_epochs,
+        cfg, accelerator, saver, trackers=trackers, num_epochs=plan.num_epochs, validate=validate,
         progress=Progress(Path(cfg.save.output_dir) / f"{final_name(cfg.save.output_name)}-status.json",
                           total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
                           enabled=accelerator.is_main_process),
@@ -181,11 +185,8 @@ def run(cfg: RunConfig) -> RunResult:
                 step_loss = 0.0
                 if state.step >= plan.max_train_steps:
                     break
-            else:  # the epoch ran to its end
-                state.next_epoch()
-                events.epoch_done(state)
-                continue
-            break
+            state.next_epoch()  # the last epoch too: its logs, validation and samples happen (sd-scripts)
+            events.epoch_done(state)
 
         set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
         path = events.finish(state, datasets=dataset.metadata_datasets(), samples=[])

@@ -68,7 +68,7 @@ class RunSaver:
             text_encoder_lr=md.effective_text_encoder_lr(cfg.optim.text_encoder_lr),
             datasets=dataset.metadata_datasets(), tag_frequency=dataset.tag_frequency(),
             dataset_dirs=dataset.dataset_dirs(), reg_dataset_dirs=dataset.dataset_dirs(reg=True),
-            num_processes=num_processes,
+            num_processes=num_processes, num_validation_images=getattr(dataset, "num_validation_images", 0),
         )
         # Record what was used: the resolved step count, rank and alpha (sd-scripts writes 'None' for a default rank).
         args = dict(cfg.args, max_train_steps=plan.max_train_steps, network_dim=cfg.network.rank,

@@ -89,3 +89,14 @@ def cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def data_loader(dataset, cfg: RunConfig) -> torch.utils.data.DataLoader:
+    """One item per batch (the dataset batches and orders itself), in --max_data_loader_n_workers workers."""
+    from sdxl_lora.data.dataset import collate_first
+
+    workers = min(cfg.data.max_data_loader_n_workers, cpus())
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=1, shuffle=False, collate_fn=collate_first, num_workers=workers,
+        persistent_workers=cfg.data.persistent_data_loader_workers and workers > 0,
+        # Its own generator: starting an epoch then draws nothing from torch's global RNG (dropouts use it), so
+        # a resumed run draws what the uninterrupted one did.
+        generator=torch.Generator().manual_seed(cfg.train.seed))
