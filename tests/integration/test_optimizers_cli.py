@@ -73,14 +73,21 @@ def test_noise_and_loss_options_reach_the_training_step(tiny_model_dir, dataset,
         assert last_alpha == 0.0  # zero terminal SNR
 
 
-def test_fused_backward_pass_trains_the_same_lora_as_the_plain_loop(tiny_model_dir, dataset, tmp_path):
-    """U-Net and text-encoder LoRA, AdamW with a warmup schedule, no clipping (the fused pass clips per tensor)."""
-    common = ["--learning_rate=1e-3", "--max_grad_norm=0", "--lr_scheduler=linear", "--lr_warmup_steps=1"]
+@pytest.mark.parametrize("optimizer", [
+    # AdamW with a warmup schedule; no clipping (the fused pass clips per tensor).
+    ["--learning_rate=1e-3", "--max_grad_norm=0", "--lr_scheduler=linear", "--lr_warmup_steps=1"],
+    # Adafactor as sd-scripts' documentation pairs it with --fused_backward_pass (fixed LR, Adafactor's
+    # own update clipping, no --max_grad_norm).
+    ["--learning_rate=1e-3", "--max_grad_norm=0", "--optimizer_type=Adafactor", "--optimizer_args",
+     "scale_parameter=False", "relative_step=False", "warmup_init=False"],
+], ids=["AdamW", "Adafactor"])
+def test_fused_backward_pass_trains_the_same_lora_as_the_plain_loop(tiny_model_dir, dataset, tmp_path, optimizer):
+    """U-Net and text-encoder LoRA for 3 steps; every saved tensor is close to the plain loop's."""
     files = []
     for name, extra in (("plain", []), ("fused", ["--fused_backward_pass"])):
         argv = [f"--pretrained_model_name_or_path={tiny_model_dir}", f"--dataset_config={dataset}",
                 f"--output_dir={tmp_path / name}", "--network_module=networks.lora", "--network_dim=4", "--seed=1",
-                "--max_data_loader_n_workers=0", "--max_train_steps=3", *common, *extra]
+                "--max_data_loader_n_workers=0", "--max_train_steps=3", *optimizer, *extra]
         code, result = train_keeping_result(argv)
         assert code == 0
         files.append(result.output_path)
