@@ -190,6 +190,9 @@ def run(cfg: RunConfig) -> RunResult:
 
         set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
         path = events.finish(state, datasets=dataset.metadata_datasets(), samples=[])
+    except KeyboardInterrupt:
+        events.progress.finish("interrupted", step=state.step)
+        raise
     finally:
         trackers.end()
     accelerator.end_training()
