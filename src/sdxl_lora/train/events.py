@@ -46,10 +46,18 @@ class Events:
     meter: LossMeter = field(default_factory=LossMeter)
     average: LossAverage = field(default_factory=LossAverage)
     written: list[Path] = field(default_factory=list)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss) of every validation run."""
 
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def start(self, state: TrainState) -> None:
+        """Before the first step of a fresh run: the validation loss of the untrained LoRA, the curve's origin
+        (sd-scripts has no such point)."""
+        if self.validate is not None and state.step == 0:
+            self.validation(0, 1)
 
     def step_done(self, state: TrainState, loss: torch.Tensor, rates: dict[str, float], paths: tuple) -> None:
         """After optimizer step `state.step`: record its loss (still on the device), then what is due."""
@@ -79,6 +87,7 @@ class Events:
         self.trackers.log_validation(step, epoch, value, self.average.average, epoch_end=epoch_end)
         log.info("validation loss %.6f at step %d (epoch %d)", value, step, epoch)
         self.progress.facts["validation_loss"] = value
+        self.validation_losses.append((step, value))
         return value
 
     def read_losses(self) -> None:

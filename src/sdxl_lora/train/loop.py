@@ -52,6 +52,12 @@ class RunResult:
     epochs: int
     models: object = None
     """The trained models (LoRA applied), for callers that keep working in the same process."""
+    written: tuple[Path, ...] = ()
+    """Every file and state folder this run wrote, in order."""
+    seconds: float = 0.0
+    """Wall time of the run."""
+    validation_losses: tuple[tuple[int, float], ...] = ()
+    """(step, loss) of each validation run, the untrained LoRA's at step 0 first."""
 
 
 def run(cfg: RunConfig) -> RunResult:
@@ -154,6 +160,7 @@ def run(cfg: RunConfig) -> RunResult:
         snapshot=functools.partial(state_files, handles, optimizer, scheduler, accelerator, noise_generator))
 
     try:
+        events.start(state)
         while state.epoch < plan.num_epochs and state.step < plan.max_train_steps:
             unet.train()
             handles.train()  # LoRA dropouts act in training mode, in the text encoders too
@@ -162,7 +169,7 @@ def run(cfg: RunConfig) -> RunResult:
             # accelerate's loader passes its own iteration count to dataset.set_epoch when iterated: align it.
             epoch_loader.set_epoch(state.epoch)
             dataset.set_epoch(state.epoch)
-            step_loss = 0.0
+            step_loss, step_batches = 0.0, 0
             for batch in epoch_loader:
                 with accelerator.accumulate(unet, te1, te2):
                     loss = training_step(batch, parts, cfg, noise_generator)
@@ -176,13 +183,13 @@ def run(cfg: RunConfig) -> RunResult:
                     if accelerator.sync_gradients and cfg.network.scale_weight_norms:
                         max_norm_regularize(handles, cfg.network.scale_weight_norms)
                 state.batch += 1
-                step_loss = step_loss + loss.detach()  # summed on the device: no sync here
+                step_loss, step_batches = step_loss + loss.detach(), step_batches + 1  # on the device: no sync
                 if not accelerator.sync_gradients:
                     continue
                 state.step, state.micro_step = state.step + 1, accelerator.step
-                events.step_done(state, step_loss / cfg.train.gradient_accumulation_steps,
-                                 group_rates(optimizer.param_groups), tuple(batch.paths))
-                step_loss = 0.0
+                events.step_done(state, step_loss / step_batches, group_rates(optimizer.param_groups),
+                                 tuple(batch.paths))
+                step_loss, step_batches = 0.0, 0
                 if state.step >= plan.max_train_steps:
                     break
             state.next_epoch()  # the last epoch too: its logs, validation and samples happen (sd-scripts)
@@ -197,7 +204,8 @@ def run(cfg: RunConfig) -> RunResult:
         trackers.end()
     accelerator.end_training()
     return RunResult(output_path=path, losses=events.meter.values, steps=state.step, epochs=plan.num_epochs,
-                     models=models)
+                     models=models, written=tuple(events.written), seconds=time.time() - started_at,
+                     validation_losses=tuple(events.validation_losses))
 
 
 @dataclass(frozen=True)
