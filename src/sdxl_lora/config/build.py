@@ -20,6 +20,7 @@ from sdxl_lora.config.optimizer_args import (
 )
 from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
+from sdxl_lora.config.sampling import sample_problems, sample_schedule, sample_warnings
 from sdxl_lora.config.schema import (
     DataConfig,
     LossConfig,
@@ -28,6 +29,7 @@ from sdxl_lora.config.schema import (
     NoiseConfig,
     OptimConfig,
     RunConfig,
+    SampleConfig,
     SaveConfig,
     TrainConfig,
 )
@@ -43,7 +45,7 @@ _IMPLIED = (
 def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunConfig:
     """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
     values, notes = normalize(values, given)
-    problems = unsupported_options(values) + check_rules(values)
+    problems = unsupported_options(values) + check_rules(values) + sample_problems(values)
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
@@ -56,7 +58,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         log.info("%s", note)
     lora_warnings = [] if values.get("network_module") == LYCORIS_MODULE else network_args_warnings(
         values.get("network_args"))
-    for warning in lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values):
+    warnings = lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
+    for warning in warnings + sample_warnings(values):
         log.warning("%s", warning)
     return assemble(values, datasets)
 
@@ -204,7 +207,7 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         no_metadata=bool(v.get("no_metadata")), training_comment=v.get("training_comment"),
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
-                     noise=noise_config(v), loss=loss_config(v))
+                     noise=noise_config(v), loss=loss_config(v), sample=sample_config(v))
 
 
 def noise_config(v: dict) -> NoiseConfig:
@@ -232,6 +235,14 @@ def loss_config(v: dict) -> LossConfig:
         v_pred_like_loss=v.get("v_pred_like_loss"),
         debiased_estimation_loss=bool(v.get("debiased_estimation_loss")), masked_loss=bool(v.get("masked_loss")),
     )
+
+
+def sample_config(v: dict) -> SampleConfig:
+    """Sample prompts and schedule (spec 1.11): N <= 0 is off; --sample_every_n_epochs turns step sampling off."""
+    steps, epochs, at_first = sample_schedule(v)
+    return SampleConfig(prompts=Path(v["sample_prompts"]) if v.get("sample_prompts") else None,
+                        every_n_steps=steps, every_n_epochs=epochs, at_first=at_first,
+                        sampler=(v.get("sample_sampler") or SampleConfig.sampler).lower())
 
 
 def _default(v: dict, name: str, default):
