@@ -80,7 +80,7 @@ def generate_samples(models, prompts: Sequence[SamplePrompt], settings: SampleSe
     `models` has the SdxlModels attributes (unet, vae, text_encoder_1/2, tokenizer_1/2), with the LoRA in them.
     `epoch` names epoch-end samples (0 for --sample_at_first); otherwise `step` names them.
     """
-    own = list(prompts)[settings.process_index::settings.num_processes]
+    own = own_prompts(prompts, settings.process_index, settings.num_processes)
     if not own:
         return []
     device = torch.device(settings.device)
@@ -103,6 +103,11 @@ def generate_samples(models, prompts: Sequence[SamplePrompt], settings: SampleSe
     log.info("sampled %d image(s) in %.1f s: %s", len(paths), time.perf_counter() - started,
              ", ".join(path.name for path in paths))
     return paths
+
+
+def own_prompts(prompts: Sequence[SamplePrompt], process_index: int, num_processes: int) -> list[SamplePrompt]:
+    """This process's share: prompts process_index, process_index + num_processes, ... (as sd-scripts)."""
+    return list(prompts)[process_index::num_processes]
 
 
 def _denoise(models, prompts: list[SamplePrompt], settings: SampleSettings, device: torch.device
@@ -181,15 +186,12 @@ def _vae_for_decoding(vae: nn.Module, device: torch.device) -> Iterator[None]:
     """The VAE on `device` inside the block, in float32 when it is stored in fp16; as it was afterwards (fp16 ->
     float32 -> fp16 is exact)."""
     where, dtype = _device_of(vae), vae.dtype
+    # nn.Module.to: diffusers' own `to` warns on every dtype cast (about fp32 modules this VAE does not have).
     try:
-        vae.to(device)
-        if dtype == torch.float16:
-            vae.to(dtype=torch.float32)
+        nn.Module.to(vae, device=device, dtype=torch.float32 if dtype == torch.float16 else dtype)
         yield
     finally:
-        vae.to(where)
-        if vae.dtype != dtype:
-            vae.to(dtype=dtype)
+        nn.Module.to(vae, device=where, dtype=dtype)
 
 
 def _set_eval(*models: nn.Module) -> dict[nn.Module, bool]:

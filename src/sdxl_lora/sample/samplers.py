@@ -38,13 +38,25 @@ SCHEDULER_CLASSES: Mapping[str, str] = MappingProxyType({
 --sample_sampler choices)."""
 
 _EXTRA_ARGS: Mapping[str, Mapping[str, object]] = MappingProxyType({
-    "dpmsolver": {"algorithm_type": "dpmsolver"},
+    # diffusers (since 0.26) refuses first-order DPM-Solver's default final sigma of zero.
+    "dpmsolver": {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
     "dpmsolver++": {"algorithm_type": "dpmsolver++"},
     "ddim": {"clip_sample": False},
     "ddpm": {"clip_sample": False},
 })
 
+NEEDS_PACKAGE: Mapping[str, str] = MappingProxyType({"lms": "scipy", "k_lms": "scipy"})
+"""Samplers whose diffusers scheduler needs a package that is not a dependency of sdxl-lora."""
+
 TRAIN_STEPS, BETA_START, BETA_END, BETA_SCHEDULE = 1000, 0.00085, 0.012, "scaled_linear"
+
+
+def missing_package(name: str) -> str | None:
+    """The package sampler `name` needs and that is not installed, or None."""
+    import importlib.util
+
+    package = NEEDS_PACKAGE.get(name.lower())
+    return package if package and importlib.util.find_spec(package) is None else None
 
 
 def build_sampler(name: str, v_parameterization: bool = False):
@@ -54,6 +66,8 @@ def build_sampler(name: str, v_parameterization: bool = False):
     key = name.lower()
     if key not in SCHEDULER_CLASSES:
         raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SCHEDULER_CLASSES)}")
+    if missing_package(key):
+        raise ImportError(f"sampler {key} needs {missing_package(key)}: pip install {missing_package(key)}")
     kwargs = dict(num_train_timesteps=TRAIN_STEPS, beta_start=BETA_START, beta_end=BETA_END,
                   beta_schedule=BETA_SCHEDULE, **_EXTRA_ARGS.get(key, {}))
     if v_parameterization:
