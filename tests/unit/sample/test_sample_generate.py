@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from sdxl_lora.config.schema import ModelConfig, NetworkConfig, SampleConfig
+from sdxl_lora.sample import generate
 from sdxl_lora.sample.generate import SampleSettings, generate_samples, own_prompts, sample_file_name
 from sdxl_lora.sample.prompts import SamplePrompt
 
@@ -58,9 +59,17 @@ def runs(tiny_model_dir, tmp_path_factory):
     modes_before = _modes(models.unet, models.text_encoder_1, models.text_encoder_2, models.vae)
     rng_before = torch.get_rng_state()
     settings = SampleSettings(out / "lora", "my_lora")
-    started = time.perf_counter()
-    lora = generate_samples(models, PROMPTS, settings, step=12)
-    seconds = time.perf_counter() - started
+    real_build = generate.build_sampler
+
+    def drawing_build(name, v_parameterization):  # stands in for any pipeline code drawing from the global RNG
+        torch.rand(3)
+        return real_build(name, v_parameterization)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generate, "build_sampler", drawing_build)
+        started = time.perf_counter()
+        lora = generate_samples(models, PROMPTS, settings, step=12)
+        seconds = time.perf_counter() - started
     rng_after = torch.get_rng_state()
     again = generate_samples(models, PROMPTS, SampleSettings(out / "again"), epoch=3)
     return SimpleNamespace(models=models, base=base, lora=lora, again=again, rng=(rng_before, rng_after),
