@@ -26,7 +26,7 @@ from pathlib import Path
 import tomli
 
 from sdxl_lora.config.errors import ConfigError
-from sdxl_lora.sample.samplers import DEFAULT_SAMPLER, SCHEDULER_CLASSES, missing_package
+from sdxl_lora.sample.samplers import DEFAULT_SAMPLER, MIN_STEPS, SCHEDULER_CLASSES, missing_package
 
 DEFAULT_SIZE = 1024
 """SDXL's native size, used when a prompt gives no width or height (sd-scripts: 512)."""
@@ -220,11 +220,13 @@ def _finish(fields: dict, where: str, index: int, default_sampler: str, warnings
         warnings.append(f"{where}: unknown sampler {sampler!r}, using {default_sampler} "
                         f"(known: {', '.join(SCHEDULER_CLASSES)})")
         sampler = default_sampler
+    from_file = str(fields.get("sampler", "")).lower() == sampler
+    given = f"{FLAG} {where}: sampler {sampler}" if from_file else f"--sample_sampler {sampler}"
     package = missing_package(sampler)
     if package:
-        from_file = str(fields.get("sampler", "")).lower() == sampler
-        given = f"{FLAG} {where}: sampler {sampler}" if from_file else f"--sample_sampler {sampler}"
         raise ConfigError(f"{given} needs {package}: pip install {package}")
+    if steps < MIN_STEPS.get(sampler, 1):
+        raise ConfigError(f"{given} needs at least {MIN_STEPS[sampler]} steps; {where} asks for {steps}")
     prompt = fields.get("prompt", "")
     negative = (fields.get("negative_prompt") or "").strip() or None
     for text in (prompt, negative or ""):

@@ -41,9 +41,14 @@ _EXTRA_ARGS: Mapping[str, Mapping[str, object]] = MappingProxyType({
     # diffusers (since 0.26) refuses first-order DPM-Solver's default final sigma of zero.
     "dpmsolver": {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
     "dpmsolver++": {"algorithm_type": "dpmsolver++"},
+    # diffusers switches this on itself for its default final sigma of zero, warning at every build.
+    "dpmsingle": {"lower_order_final": True},
     "ddim": {"clip_sample": False},
     "ddpm": {"clip_sample": False},
 })
+
+MIN_STEPS: Mapping[str, int] = MappingProxyType({"pndm": 4})
+"""Samplers that fail below a number of steps: PNDM's Runge-Kutta warm-up needs 4 (sd-scripts crashes there)."""
 
 NEEDS_PACKAGE: Mapping[str, str] = MappingProxyType({"lms": "scipy", "k_lms": "scipy"})
 """Samplers whose diffusers scheduler needs a package that is not a dependency of sdxl-lora."""

@@ -151,3 +151,10 @@ def test_a_sampler_whose_package_is_missing_is_refused_naming_where_it_was_chose
     with pytest.raises(ConfigError) as error:
         load_prompts(_write(tmp_path, "q.txt", "a\n"), "lms")
     assert error.value.problems == ["--sample_sampler lms needs scipy: pip install scipy"]
+
+
+def test_pndm_with_fewer_than_4_steps_is_refused_before_training(tmp_path):
+    path = _write(tmp_path, "p.txt", "a --ss pndm --s 4\nb --s 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_prompts(path, "pndm")
+    assert error.value.problems == [f"--sample_sampler pndm needs at least 4 steps; {path}:2 asks for 3"]
