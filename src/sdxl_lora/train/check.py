@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train.steps import plan_steps, warmup_steps
+
+if TYPE_CHECKING:
+    from sdxl_lora.sample.prompts import SamplePrompt
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,8 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
     return "\n".join(lines)
 
 
-def check_sample_prompts(cfg: RunConfig) -> list:
-    """Before any model loads: the sample prompts (sample.prompts.SamplePrompt) when sampling is scheduled, else [].
+def check_sample_prompts(cfg: RunConfig) -> list[SamplePrompt]:
+    """Before any model loads: the sample prompts when sampling is scheduled, else [].
     A file that does not parse raises ConfigError naming --sample_prompts, the file and the line or key; what is
     ignored or changed in it is logged as warnings."""
     from sdxl_lora.sample.prompts import load_prompts
