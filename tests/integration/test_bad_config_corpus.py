@@ -271,9 +271,16 @@ CASES = (
     Case("toml_syntax_error", _syntax_error, ("broken.toml", "line 2")),
     Case("dataset_config_not_found", lambda r: r.argv(dataset_config=r.tmp / "missing_dataset.toml"),
          ("--dataset_config", "missing_dataset.toml")),
-    Case("toml_not_supported_yet_key",
+    Case("toml_validation_split_one",
+         lambda r: r.argv(dataset_config=r.toml(dataset={"validation_split": "1.0"})),
+         ("datasets[0].validation_split", "below 1")),
+    Case("validation_split_flag_negative", lambda r: r.argv("--validation_split=-0.1"),
+         ("--validation_split=-0.1", "at least 0")),
+    Case("validation_split_holds_out_nothing",
          lambda r: r.argv(dataset_config=r.toml(dataset={"validation_split": "0.1"})),
-         ("datasets[0].validation_split", "not supported yet")),
+         ("datasets[0].validation_split=0.1", "holds out no image")),
+    Case("max_validation_steps_zero", lambda r: r.argv("--max_validation_steps=0"),
+         ("--max_validation_steps=0", "at least 1")),
     Case("in_json_missing",
          lambda r: r.argv(drop=("dataset_config",), in_json=r.tmp / "missing.json", resolution="64"),
          ("--in_json", "missing.json")),
@@ -298,8 +305,12 @@ CASES = (
     Case("output_config_without_config_file", lambda r: r.argv("--output_config"),
          ("--output_config", "--config_file")),
     # Options that exist in sd-scripts but do not work here yet are refused, never ignored.
-    Case("not_supported_yet_flag", lambda r: r.argv(huggingface_repo_id="me/lora"),
-         ("--huggingface_repo_id", "not supported yet")),
+    Case("not_supported_yet_flag", lambda r: r.argv(ddp_timeout=30), ("--ddp_timeout", "not supported yet")),
+    Case("resume_from_huggingface_without_resume", lambda r: r.argv("--resume_from_huggingface"),
+         ("--resume_from_huggingface needs --resume", "owner/repo/path")),
+    Case("huggingface_repo_type_unknown",
+         lambda r: r.argv(huggingface_repo_id="me/lora", huggingface_repo_type="models"),
+         ("--huggingface_repo_type models", "model, dataset, space")),
     Case("not_supported_yet_in_config_file", lambda r: _config_file(r, "[distributed_arguments]\n"
                                                                        "ddp_static_graph = true\n"),
          ("--ddp_static_graph", "not supported yet")),
@@ -369,12 +380,12 @@ def test_every_problem_is_reported_together(tmp_path, capsys, garbage_model):
     toml = r.toml(dataset={"bucket_reso_steps": "20"}, subset={"random_crop": "true"})
     text = toml.read_text() + f"[[datasets.subsets]]\nimage_dir = '{(tmp_path / 'empty_images').as_posix()}'\n"
     write_toml(toml, text)
-    code, lines = run_cli(capsys, r.argv("--full_fp16", "--cache_latents", huggingface_repo_id="me/lora",
+    code, lines = run_cli(capsys, r.argv("--full_fp16", "--cache_latents", ddp_timeout=30,
                                          dataset_config=toml))
     text = "\n".join(lines)
     assert code == 2
     assert all(line.startswith(PREFIX) for line in lines), text
-    for culprit in ("--full_fp16 needs", "--huggingface_repo_id: not supported yet", "datasets[0].bucket_reso_steps=20",
+    for culprit in ("--full_fp16 needs", "--ddp_timeout: not supported yet", "datasets[0].bucket_reso_steps=20",
                     "datasets[0].subsets[0].random_crop", "datasets[0].subsets[1].image_dir"):
         assert sum(culprit in line for line in lines) == 1, f"{culprit!r} in:\n{text}"
 

@@ -30,7 +30,7 @@ def _train(model, dataset, out, fmt: str):
         "--learning_rate=1e-3", "--optimizer_type=AdamW", "--seed=5", "--max_train_steps=1",
         "--max_data_loader_n_workers=0", "--network_train_unet_only", f"--save_model_as={fmt}"])
     assert code == 0
-    assert os.listdir(out) == [f"lora.{fmt}"]  # no temporary left beside it
+    assert sorted(os.listdir(out)) == ["README.md", "lora-status.json", f"lora.{fmt}"]  # no temporary left beside it
     return out / f"lora.{fmt}"
 
 

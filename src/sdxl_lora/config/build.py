@@ -10,6 +10,13 @@ from pathlib import Path
 from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.hub_options import hub_problems, hub_warnings
+from sdxl_lora.config.logging_rules import (
+    DEFAULT_TRACKER_NAME,
+    logging_warnings,
+    read_tracker_config,
+    trackers_for,
+)
 from sdxl_lora.config.lycoris_args import LYCORIS_MODULE, lycoris_warnings, parse_lycoris_args
 from sdxl_lora.config.network_args import LoraArgs, network_args_warnings, network_warnings, parse_lora_args
 from sdxl_lora.config.optimizer_args import (
@@ -23,6 +30,8 @@ from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.sampling import sample_problems, sample_schedule, sample_warnings
 from sdxl_lora.config.schema import (
     DataConfig,
+    HubConfig,
+    LogConfig,
     LossConfig,
     ModelConfig,
     NetworkConfig,
@@ -32,6 +41,7 @@ from sdxl_lora.config.schema import (
     SampleConfig,
     SaveConfig,
     TrainConfig,
+    ValidationConfig,
 )
 
 log = logging.getLogger(__name__)
@@ -45,7 +55,8 @@ _IMPLIED = (
 def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunConfig:
     """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
     values, notes = normalize(values, given)
-    problems = unsupported_options(values) + check_rules(values) + sample_problems(values)
+    problems = (unsupported_options(values) + check_rules(values) + hub_problems(values) + validation_problems(values)
+                + sample_problems(values))
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
@@ -59,7 +70,10 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
     lora_warnings = [] if values.get("network_module") == LYCORIS_MODULE else network_args_warnings(
         values.get("network_args"))
     warnings = lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
+    warnings += save_warnings(values) + hub_warnings(values) + validation_warnings(values, datasets)
     for warning in warnings + sample_warnings(values):
+        log.warning("%s", warning)
+    for warning in logging_warnings(values):
         log.warning("%s", warning)
     return assemble(values, datasets)
 
@@ -103,6 +117,24 @@ def _optimizer_notes(v: dict) -> list[str]:
                          "pass --optimizer_args relative_step=False to use --lr_scheduler")
         v["lr_scheduler"] = "adafactor"
     return notes
+
+
+def save_warnings(v: dict) -> list[str]:
+    """Saving options that have nothing to act on (sd-scripts skips them silently): we go on, saying so."""
+    warnings = []
+    for keep, every in (("save_last_n_epochs", "save_every_n_epochs"), ("save_last_n_steps", "save_every_n_steps"),
+                        ("save_last_n_epochs_state", "save_every_n_epochs"),
+                        ("save_last_n_steps_state", "save_every_n_steps")):
+        if v.get(keep) and not v.get(every) and not (every == "save_every_n_epochs" and v.get("save_n_epoch_ratio")):
+            warnings.append(f"--{keep} without --{every}: there are no such saves to thin out")
+    for keep in ("save_last_n_epochs_state", "save_last_n_steps_state"):
+        if v.get(keep) and not v.get("save_state"):
+            warnings.append(f"--{keep} without --save_state: no state folders are saved along the way")
+    if v.get("skip_until_initial_step") and v.get("initial_step") is None and v.get("initial_epoch") is None \
+            and not v.get("resume"):
+        warnings.append("--skip_until_initial_step without --initial_step, --initial_epoch or --resume: "
+                        "there is nothing to skip")
+    return warnings
 
 
 def optimizer_warnings(v: dict) -> list[str]:
@@ -200,14 +232,22 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         max_train_steps=int(v["max_train_steps"]), max_train_epochs=v.get("max_train_epochs"),
         gradient_accumulation_steps=int(v.get("gradient_accumulation_steps") or 1), seed=int(v["seed"]),
         gradient_checkpointing=bool(v.get("gradient_checkpointing")),
+        resume=Path(v["resume"]) if v.get("resume") else None, initial_epoch=v.get("initial_epoch"),
+        initial_step=v.get("initial_step"), skip_until_initial_step=bool(v.get("skip_until_initial_step")),
     )
     save = SaveConfig(
         output_dir=Path(v["output_dir"]), output_name=v.get("output_name"),
         save_model_as=v.get("save_model_as") or "safetensors", save_precision=v.get("save_precision"),
         no_metadata=bool(v.get("no_metadata")), training_comment=v.get("training_comment"),
+        save_every_n_epochs=v.get("save_every_n_epochs"), save_n_epoch_ratio=v.get("save_n_epoch_ratio"),
+        save_every_n_steps=v.get("save_every_n_steps"), save_last_n_epochs=v.get("save_last_n_epochs"),
+        save_last_n_steps=v.get("save_last_n_steps"), save_last_n_epochs_state=v.get("save_last_n_epochs_state"),
+        save_last_n_steps_state=v.get("save_last_n_steps_state"), save_state=bool(v.get("save_state")),
+        save_state_on_train_end=bool(v.get("save_state_on_train_end")),
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
-                     noise=noise_config(v), loss=loss_config(v), sample=sample_config(v))
+                     noise=noise_config(v), loss=loss_config(v), validation=validation_config(v),
+                     log=logging_config(v), hub=hub_config(v), sample=sample_config(v))
 
 
 def noise_config(v: dict) -> NoiseConfig:
@@ -243,6 +283,60 @@ def sample_config(v: dict) -> SampleConfig:
     return SampleConfig(prompts=Path(v["sample_prompts"]) if v.get("sample_prompts") else None,
                         every_n_steps=steps, every_n_epochs=epochs, at_first=at_first,
                         sampler=(v.get("sample_sampler") or SampleConfig.sampler).lower())
+
+
+_VALIDATION_COUNTS = ("validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps")
+
+
+def validation_config(v: dict) -> ValidationConfig:
+    """When and how much to validate (spec 1.13); the validation RNG seed falls back to --seed."""
+    return ValidationConfig(
+        split=float(v.get("validation_split") or 0.0),
+        seed=int(v["validation_seed"] if v.get("validation_seed") is not None else v["seed"]),
+        every_n_steps=v.get("validate_every_n_steps"), every_n_epochs=v.get("validate_every_n_epochs"),
+        max_steps=v.get("max_validation_steps"),
+    )
+
+
+def validation_problems(v: dict) -> list[str]:
+    """Validation counts are positive. (validation_split is checked per dataset, where the TOML may override
+    the flag: config.dataset_validate.)"""
+    return [f"--{name}={v[name]}: must be at least 1" for name in _VALIDATION_COUNTS
+            if v.get(name) is not None and v[name] < 1]
+
+
+def validation_warnings(v: dict, datasets: tuple) -> list[str]:
+    """Validation flags given while no dataset holds images out: nothing to validate (sd-scripts is silent)."""
+    if any(d.validation_split > 0 for d in datasets):
+        return []
+    given = [f"--{name}" for name in (*_VALIDATION_COUNTS, "validation_seed") if v.get(name) is not None]
+    if not given:
+        return []
+    return [f"{', '.join(given)}: no validation loss is computed because no dataset holds images out; set "
+            "--validation_split (or validation_split in --dataset_config) above 0"]
+
+
+def logging_config(v: dict) -> LogConfig:
+    """Trackers (spec 1.12). An empty string (GUIs write "" for unset options) means not given."""
+    tracker_file = v.get("log_tracker_config")
+    return LogConfig(
+        log_with=trackers_for(v), logging_dir=Path(v["logging_dir"]).expanduser() if v.get("logging_dir") else None,
+        log_prefix=v.get("log_prefix") or "", tracker_name=v.get("log_tracker_name") or DEFAULT_TRACKER_NAME,
+        wandb_run_name=v.get("wandb_run_name") or None,
+        tracker_init_kwargs=read_tracker_config(tracker_file)[0] if tracker_file else None,
+        wandb_api_key=v.get("wandb_api_key") or None, log_config=bool(v.get("log_config")),
+    )
+
+
+def hub_config(v: dict) -> HubConfig:
+    """Hugging Face Hub options (spec 1.10). GUIs write every option, so an empty string means not given."""
+    return HubConfig(
+        repo_id=v.get("huggingface_repo_id") or None, repo_type=v.get("huggingface_repo_type") or None,
+        path_in_repo=(v.get("huggingface_path_in_repo") or "").strip("/"),
+        token=v.get("huggingface_token") or None, visibility=v.get("huggingface_repo_visibility") or None,
+        save_state_to_huggingface=bool(v.get("save_state_to_huggingface")),
+        resume_from_huggingface=bool(v.get("resume_from_huggingface")), async_upload=bool(v.get("async_upload")),
+    )
 
 
 def _default(v: dict, name: str, default):

@@ -317,6 +317,8 @@ def _cli_layer(cli: dict[str, object], problems: Problems) -> dict[str, tuple[ob
             layer[key] = (check(values[name]), f"--{name}")
         except _Wrong as e:
             problems.add(f"--{name}: expected {e.expected}, got {show_value(values[name])}")
+    if "validation_seed" not in layer and isinstance(values.get("seed"), int):
+        layer["validation_seed"] = (values["seed"], "--seed")  # spec 2.10: the split falls back to --seed
     return layer
 
 

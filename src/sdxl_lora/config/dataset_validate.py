@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sdxl_lora.config.dataset_toml import IMAGE_EXTENSIONS, DatasetConfig, SubsetConfig, count_images, show_value
 from sdxl_lora.config.options import OPTIONS_BY_NAME, WORKS
+from sdxl_lora.config.split import holdout_problem
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,12 @@ def _dataset_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
                         "multiples of 32 for SDXL")
     if ds.batch_size < 1:
         problems.append(f"{ds.where('batch_size')}={ds.batch_size}: must be at least 1")
-    if not 0.0 <= ds.validation_split <= 1.0:
-        problems.append(f"{ds.where('validation_split')}={ds.validation_split}: must be between 0 and 1")
-    elif ds.validation_split > 0:
-        problems.append(f"{ds.where('validation_split')}={ds.validation_split}: validation datasets are "
-                        "not supported yet")
+    if not 0.0 <= ds.validation_split < 1.0:
+        problems.append(f"{ds.where('validation_split')}={ds.validation_split}: must be at least 0 and below 1 "
+                        "(the fraction of each subset's training images held out for validation)")
+    elif ds.validation_split > 0:  # folders counted here; data.plan checks again on the usable images
+        counts = [count_images(Path(s.image_dir)) for s in ds.subsets if _counted(s) and not s.is_reg]
+        problems += filter(None, [holdout_problem(ds, counts)])
     if ds.enable_bucket:
         problems += _bucket_problems(ds, sdxl)
     training = [s for s in ds.subsets if not s.is_reg]
@@ -60,6 +62,12 @@ def _dataset_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:
         problems += [f"{s.where('num_repeats')}={s.num_repeats}: must be at least 1 for some training subset "
                      f"of {ds.key_path or 'the dataset'}; with none left nothing would train" for s in training]
     return problems
+
+
+def _counted(s: SubsetConfig) -> bool:
+    """A DreamBooth or mask subset that trains and whose folder exists (fine-tuning images are counted when the
+    metadata is read)."""
+    return s.metadata_file is None and s.num_repeats >= 1 and Path(s.image_dir).is_dir()
 
 
 def _bucket_problems(ds: DatasetConfig, sdxl: bool) -> list[str]:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from sdxl_lora.config.sources import SINGLE_FILE_SUFFIXES, looks_like_hub_id
 
+STATE_FORMAT = "sdxl-lora-state-1"
+"""Written into every state folder's train_state.json (key "format"); --resume accepts folders that have it."""
+
 
 def _file(path: Path) -> str:
     if path.is_dir():
@@ -59,6 +62,21 @@ def _lora_weights(path: Path) -> str:
     return _file(path)
 
 
+def _state_folder(path: Path) -> str:
+    """A state folder written by sdxl-lora (its train_state.json names the format). sd-scripts' state folders are
+    refused: their optimizer state is keyed by sd-scripts' parameter order, which cannot be mapped safely."""
+    problem = _folder(path)
+    if problem:
+        return problem
+    marker = path / "train_state.json"
+    if not marker.is_file():
+        return "not a state folder (no train_state.json)"
+    if STATE_FORMAT not in marker.read_text(errors="replace"):
+        return (f"a state folder written by sd-scripts, which cannot be resumed exactly; start from its weights "
+                f"with --network_weights {path / 'model.safetensors'}")
+    return ""
+
+
 def _thumbnail(path: Path) -> str:
     return "" if str(path).startswith("data:") else _file(path)
 
@@ -67,7 +85,7 @@ PATH_RULES: dict[str, Callable[[Path], str]] = {
     "vae": _vae,
     "network_weights": _lora_weights,
     "base_weights": _file,
-    "resume": _folder,
+    "resume": _state_folder,
     "in_json": _file,
     "sample_prompts": _file,
     "log_tracker_config": _file,

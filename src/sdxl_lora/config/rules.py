@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.logging_rules import logging_problems
 from sdxl_lora.config.lycoris_args import LYCORIS_MODULE, parse_lycoris_args
 from sdxl_lora.config.network_args import parse_lora_args
 from sdxl_lora.config.optimizer_args import (
@@ -50,7 +51,9 @@ def _positive(v: dict) -> list[str]:
     for name in ("max_train_steps", "gradient_accumulation_steps", "train_batch_size", "vae_batch_size"):
         if v.get(name) is not None and v[name] < 1:
             out.append(f"--{name}={v[name]}: must be at least 1")
-    for name in ("max_train_epochs", "network_dim", "save_every_n_epochs", "save_every_n_steps"):
+    for name in ("max_train_epochs", "network_dim", "save_every_n_epochs", "save_every_n_steps", "save_n_epoch_ratio",
+                 "save_last_n_epochs", "save_last_n_steps", "save_last_n_epochs_state", "save_last_n_steps_state",
+                 "initial_epoch"):
         if v.get(name) is not None and v[name] < 1:
             out.append(f"--{name}={v[name]}: must be at least 1")
     rates = [("learning_rate", v.get("learning_rate")), ("unet_lr", v.get("unet_lr")),
@@ -134,6 +137,12 @@ def _precision(v: dict) -> list[str]:
         out.append("--full_bf16 needs --mixed_precision bf16")
     if v.get("full_fp16") and v.get("full_bf16"):
         out.append("--full_fp16 and --full_bf16 cannot be combined")
+    if v.get("full_fp16") and v.get("fused_backward_pass"):
+        out.append("--full_fp16 with --fused_backward_pass: the fused steps need the whole scaled gradient before "
+                   "the loss scale is known to be finite; use --full_bf16 or plain --mixed_precision fp16")
+    if v.get("full_fp16") and v.get("scale_weight_norms"):
+        out.append("--full_fp16 with --scale_weight_norms: the norm would be applied to the fp16 copies, not to "
+                   "the float32 weights that train; drop one of them")
     for flag in ("fp8_base", "fp8_base_unet"):
         if v.get(flag) and mp == "no":
             out.append(f"--{flag} needs --mixed_precision fp16 or bf16 (fp8 weights compute in that dtype)")
@@ -261,17 +270,14 @@ def _scheduler_arguments(v: dict, sched: str) -> list[str]:
     return out
 
 
-def _logging(v: dict) -> list[str]:
-    if v.get("log_with") in ("tensorboard", "all") and not v.get("logging_dir"):
-        return [f"--log_with {v['log_with']} needs --logging_dir"]
-    return []
-
-
 def _resume(v: dict) -> list[str]:
     start, total = v.get("initial_step"), v.get("max_train_steps")
-    if start is not None and total is not None and start >= total:
-        return [f"--initial_step={start} must be below --max_train_steps={total}"]
-    return []
+    out = []
+    if start is not None and start < 0:
+        out.append(f"--initial_step={start}: must be at least 0")
+    elif start is not None and total is not None and start >= total and not v.get("max_train_epochs"):
+        out.append(f"--initial_step={start} must be below --max_train_steps={total}")
+    return out
 
 
 def _network(v: dict) -> list[str]:
@@ -318,7 +324,7 @@ def _loraplus_ratio(network_args) -> bool:
 
 RULES: tuple[Callable[[dict], list[str]], ...] = (
     _required, _positive, path_problems, _implemented_choices, _something_trains, _text_encoder_cache, _precision,
-    _noise_and_loss, _key_value_args, _optimizer, _scheduler, _logging, _resume, _network,
+    _noise_and_loss, _key_value_args, _optimizer, _scheduler, logging_problems, _resume, _network,
 )
 
 

@@ -169,6 +169,14 @@ class TrainConfig:
     """Global seed (drawn at random when not given)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    resume: Path | None = None
+    """State folder to continue from (spec 7.3, 7.4)."""
+    initial_epoch: int | None = None
+    """1-based epoch to start at (without a state: --network_weights continuation)."""
+    initial_step: int | None = None
+    """Optimizer step to start at; wins over initial_epoch and the state's step."""
+    skip_until_initial_step: bool = False
+    """Skip the batches of the starting epoch that come before the initial step."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,24 @@ class SaveConfig:
     """Write only the minimal ss_* keys."""
     training_comment: str | None = None
     """Stored as ss_training_comment."""
+    save_every_n_epochs: int | None = None
+    """Save `{name}-{epoch:06d}` at the end of every N-th epoch but the last (after --save_n_epoch_ratio)."""
+    save_n_epoch_ratio: int | None = None
+    """Sets save_every_n_epochs = max(1, epochs // ratio) once the epoch count is known."""
+    save_every_n_steps: int | None = None
+    """Save `{name}-step{step:08d}` every N optimizer steps."""
+    save_last_n_epochs: int | None = None
+    """Keep the last N epoch saves (spec 7.2)."""
+    save_last_n_steps: int | None = None
+    """Keep the step saves of the last N steps (spec 7.2)."""
+    save_last_n_epochs_state: int | None = None
+    """Like save_last_n_epochs for state folders (falls back to it)."""
+    save_last_n_steps_state: int | None = None
+    """Like save_last_n_steps for state folders (falls back to it)."""
+    save_state: bool = False
+    """A state folder beside every epoch/step save and at the end."""
+    save_state_on_train_end: bool = False
+    """A state folder at the end only."""
 
 
 @dataclass(frozen=True)
@@ -257,8 +283,79 @@ class RunConfig:
     """Timesteps and noise of each step."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Target, loss and weighting of each step."""
+    validation: ValidationConfig = field(default_factory=lambda: ValidationConfig())
+    """Validation loss on held-out images: when and how much."""
+    log: LogConfig = field(default_factory=lambda: LogConfig())
+    """Experiment trackers (TensorBoard, wandb)."""
+    hub: HubConfig = field(default_factory=lambda: HubConfig())
+    """Hugging Face Hub upload and resume."""
     sample: SampleConfig = field(default_factory=lambda: SampleConfig())
     """Sample images during training."""
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Validation loss on images held out of training (spec 1.13, 2.10, 5.8). Which images are held out is
+    decided per dataset (DatasetConfig.validation_split / validation_seed, TOML over the flags)."""
+
+    split: float = 0.0
+    """--validation_split: the fraction held out of each dataset that sets none in the TOML."""
+    seed: int = 0
+    """Seed of the validation noise and RNG: --validation_seed, else --seed."""
+    every_n_steps: int | None = None
+    """Validate after every N optimizer steps; None: not on steps."""
+    every_n_epochs: int | None = None
+    """Validate after every N epochs; None: after every epoch."""
+    max_steps: int | None = None
+    """Most validation batches per validation run; None: all of them."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Experiment trackers through accelerate (spec 1.12). No tracker when log_with is empty."""
+
+    log_with: tuple[str, ...] = ()
+    """Trackers: () none, ('tensorboard',), ('wandb',), or both (--log_with all); --logging_dir alone = TensorBoard."""
+    logging_dir: Path | None = None
+    """Base folder; each run logs to logging_dir/<log_prefix><YYYYmmddHHMMSS>."""
+    log_prefix: str = ""
+    """Prefix of the timestamped run folder."""
+    tracker_name: str = "network_train"
+    """Tracker project name (TensorBoard: the sub-folder of the run folder; wandb: the project)."""
+    wandb_run_name: str | None = None
+    """wandb run name (kept when the tracker config file names none)."""
+    tracker_init_kwargs: dict | None = None
+    """--log_tracker_config content, one table per tracker ({'wandb': {...}}); None without the file."""
+    wandb_api_key: str | None = field(default=None, repr=False)
+    """wandb.login key; never logged, printed or saved."""
+    log_config: bool = False
+    """Send the options (without secrets and paths) to the trackers."""
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Uploads to, and resuming from, the Hugging Face Hub (spec 1.10, 7.1)."""
+
+    repo_id: str | None = None
+    """Repo that receives every saved model file; None: nothing is uploaded."""
+    repo_type: str | None = None
+    """model (None), dataset or space."""
+    path_in_repo: str = ""
+    """Folder in the repo for the uploads; '' puts them at the repo root."""
+    token: str | None = field(default=None, repr=False)
+    """Access token; None uses the saved login or HF_TOKEN. Never logged, printed or saved."""
+    visibility: str | None = None
+    """'public' creates a public repo; anything else (None too) a private one. An existing repo is left as it is."""
+    save_state_to_huggingface: bool = False
+    """Also upload each saved state folder."""
+    resume_from_huggingface: bool = False
+    """--resume names a state folder on the Hub (owner/repo/path[:revision[:repo_type]]), downloaded first."""
+    async_upload: bool = False
+    """Upload in a background thread; the final model upload still waits."""
+
+    @property
+    def private(self) -> bool:
+        return self.visibility != "public"
 
 
 @dataclass(frozen=True)

@@ -280,6 +280,11 @@ class TrainDatasets(ConcatDataset):
         return sum(d.plan.num_train_images for d in self.datasets)
 
     @property
+    def num_validation_images(self) -> int:
+        """Images held out for validation over all datasets (ss_num_validation_images)."""
+        return sum(len(d.plan.validation.images) for d in self.datasets if d.plan.validation is not None)
+
+    @property
     def num_reg_images(self) -> int:
         """Regularisation images x repeats before balancing (ss_num_reg_images)."""
         return sum(d.plan.num_reg_images for d in self.datasets)
@@ -340,6 +345,36 @@ def build_train_dataset(plan: Plan | tuple[DatasetConfig, ...], *, seed: int, pr
     return TrainDatasets([TrainDataset(d, seed=dataset_seed(seed, i), prior_loss_weight=prior_loss_weight,
                                        latents=latents, tokenize=tokenize) for i, d in enumerate(plan.datasets)],
                          seed=batch_order_seed(seed))
+
+
+def build_validation_dataset(plan: Plan, *, seed: int, tokenize: Tokenize | None = None) -> TrainDatasets | None:
+    """The held-out images of every dataset (plan.validation), batched by bucket like training, each image once
+    per pass, in one order fixed by `seed` (epoch 0 is never advanced), so every validation run sees the same
+    batches. None when no dataset holds images out."""
+    held = plan.validation
+    return build_train_dataset(held, seed=seed, tokenize=tokenize) if held is not None else None
+
+
+class CacheGroup:
+    """Training and validation datasets whose latents and text-encoder outputs are cached in one pass: give it
+    to the cache builders (loop.latent_source_for, loop.text_cache_for) in place of the training dataset."""
+
+    def __init__(self, *datasets: TrainDatasets | None):
+        self.datasets = [d for d in datasets if d is not None]
+
+    def latent_jobs(self) -> list[LatentJob]:
+        return [job for dataset in self.datasets for job in dataset.latent_jobs()]
+
+    def set_latents(self, latents: Mapping[LatentKey, torch.Tensor] | None) -> None:
+        for dataset in self.datasets:
+            dataset.set_latents(latents)
+
+    def set_caption_variants(self, variants: int) -> None:
+        for dataset in self.datasets:
+            dataset.set_caption_variants(variants)
+
+    def text_jobs(self) -> list[TextJob]:
+        return [job for dataset in self.datasets for job in dataset.text_jobs()]
 
 
 def collate_first(items: list[Batch]) -> Batch:

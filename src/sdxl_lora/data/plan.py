@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.config.errors import ConfigError
+from sdxl_lora.config.split import holdout_problem
 from sdxl_lora.data.buckets import Size, bucketing_for, centre_offset, crop_top_left
 from sdxl_lora.data.discover import BadFile, FoundImage, discover_subset
+from sdxl_lora.data.holdout import hold_out, without_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,13 @@ class SubsetPlan:
     num_images: int
     num_repeats: int
     is_reg: bool
+    num_validation_images: int = 0
+    """Images held out of this subset for validation (not counted in num_images)."""
 
     def to_dict(self) -> dict:
         return {"image_dir": self.image_dir, "key_path": self.key_path, "images": self.num_images,
-                "repeats": self.num_repeats, "is_reg": self.is_reg}
+                "repeats": self.num_repeats, "is_reg": self.is_reg,
+                "validation_images": self.num_validation_images}
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,13 @@ class DatasetPlan:
     """(bucket, samples per epoch) sorted by bucket; samples count repeats, as sd-scripts' bucket_info."""
     batches_per_epoch: int
     """Σ over buckets of ceil(samples / batch_size)."""
+    validation: DatasetPlan | None = None
+    """The images held out by validation_split, as a plan of their own (each image once, settings without
+    random augmentation: holdout.without_augmentation); None when nothing is held out."""
 
     def to_dict(self) -> dict:
         c = self.config
+        held = self.validation
         return {
             "key_path": c.key_path, "resolution": list(c.resolution), "batch_size": c.batch_size,
             "enable_bucket": c.enable_bucket, "bucket_no_upscale": c.bucket_no_upscale,
@@ -89,6 +98,11 @@ class DatasetPlan:
             "num_reg_images": self.num_reg_images, "batches_per_epoch": self.batches_per_epoch,
             "buckets": [{"width": b[0], "height": b[1], "count": n} for b, n in self.buckets],
             "images": [i.to_dict() for i in self.images],
+            "validation_split": c.validation_split,
+            "validation": None if held is None else {
+                "num_images": len(held.images), "batches": held.batches_per_epoch,
+                "buckets": [{"width": b[0], "height": b[1], "count": n} for b, n in held.buckets],
+                "paths": [i.path for i in held.images]},
         }
 
 
@@ -101,6 +115,12 @@ class Plan:
     @property
     def batches_per_epoch(self) -> int:
         return sum(d.batches_per_epoch for d in self.datasets)
+
+    @property
+    def validation(self) -> Plan | None:
+        """The held-out images of every dataset that has some, or None when no dataset holds any out."""
+        held = tuple(d.validation for d in self.datasets if d.validation is not None)
+        return Plan(held) if held else None
 
     def to_dict(self) -> dict:
         return {"batches_per_epoch": self.batches_per_epoch, "datasets": [d.to_dict() for d in self.datasets]}
@@ -169,8 +189,13 @@ def too_small(size: Size, bucket: Size, dataset: DatasetConfig) -> str | None:
     return None
 
 
+Found = tuple[int, FoundImage, Size, Size]
+"""(subset index, image, bucket, resized size) of an image that can be trained on."""
+
+
 def _plan_dataset(dataset: DatasetConfig, skip_bad_files: bool) -> tuple[DatasetPlan, list[BadFile], list[str]]:
-    found: list[tuple[int, FoundImage, Size, Size]] = []
+    found: list[Found] = []
+    held: list[Found] = []
     subsets, bad, problems = [], [], []
     bucketing = bucketing_for(dataset)
     for index, subset in enumerate(dataset.subsets):
@@ -181,7 +206,7 @@ def _plan_dataset(dataset: DatasetConfig, skip_bad_files: bool) -> tuple[Dataset
             continue
         images, subset_bad = discover_subset(subset)
         bad += subset_bad
-        kept = 0
+        usable = []
         for image in images:
             bucket, resized = bucketing.fit(image.size)
             reason = too_small(image.size, bucket, dataset)
@@ -189,11 +214,38 @@ def _plan_dataset(dataset: DatasetConfig, skip_bad_files: bool) -> tuple[Dataset
                 width, height = image.size
                 bad.append(BadFile(image.path, f"{subset.key_path}: image {image.path} ({width}x{height}) {reason}"))
                 continue
-            found.append((index, image, bucket, resized))
-            kept += 1
-        subsets.append(SubsetPlan(subset.image_dir or str(subset.metadata_file), subset.key_path, kept,
-                                  subset.num_repeats, subset.is_reg))
+            usable.append((index, image, bucket, resized))
+        trains, held_out = (usable, []) if subset.is_reg else hold_out(usable, dataset.validation_split,
+                                                                       _split_seed(dataset))
+        found += trains
+        held += held_out
+        subsets.append(SubsetPlan(subset.image_dir or str(subset.metadata_file), subset.key_path, len(trains),
+                                  subset.num_repeats, subset.is_reg, len(held_out)))
     repeats = _repeats(dataset, [(index, image) for index, image, _, _ in found])
+    plan = _dataset_plan(dataset, tuple(subsets), found, repeats)
+    if plan.num_train_images == 0 and (skip_bad_files or not bad):
+        problems.append(f"{dataset.key_path or '--train_data_dir'}: no training images (only "
+                        "regularisation images, or none at all, are left)")
+    elif skip_bad_files or not bad:
+        counts = [s.num_images + s.num_validation_images for s in subsets if not s.is_reg]
+        problems += filter(None, [holdout_problem(dataset, counts)])
+    if held:
+        validation_subsets = tuple(SubsetPlan(s.image_dir, s.key_path, s.num_validation_images, 1, False)
+                                   for s in subsets)
+        validation = _dataset_plan(without_augmentation(dataset), validation_subsets, held, [1] * len(held))
+        plan = replace(plan, validation=validation)
+    return plan, bad, problems
+
+
+def _split_seed(dataset: DatasetConfig) -> int:
+    """The dataset's validation_seed (config.build falls back to --validation_seed, then --seed); 0 in a
+    DatasetConfig built in code without one."""
+    return dataset.validation_seed if dataset.validation_seed is not None else 0
+
+
+def _dataset_plan(dataset: DatasetConfig, subsets: tuple[SubsetPlan, ...], found: list[Found],
+                  repeats: list[int]) -> DatasetPlan:
+    """Images with their repeats, bucket sample counts and batches of `dataset`."""
     images = [ImagePlan(str(image.path), image.caption, image.size, bucket, resized,
                         crop_top_left(resized, bucket, centre_offset(resized, bucket), flipped=False),
                         count, index, dataset.subsets[index].is_reg,
@@ -206,10 +258,7 @@ def _plan_dataset(dataset: DatasetConfig, skip_bad_files: bool) -> tuple[Dataset
     batches = sum(math.ceil(n / dataset.batch_size) for _, n in buckets)
     train = sum(s.num_images * max(0, s.num_repeats) for s in subsets if not s.is_reg)
     reg = sum(s.num_images * max(0, s.num_repeats) for s in subsets if s.is_reg)
-    if train == 0 and (skip_bad_files or not bad):
-        problems.append(f"{dataset.key_path or '--train_data_dir'}: no training images (only "
-                        "regularisation images, or none at all, are left)")
-    return DatasetPlan(dataset, tuple(subsets), tuple(images), train, reg, buckets, batches), bad, problems
+    return DatasetPlan(dataset, subsets, tuple(images), train, reg, buckets, batches)
 
 
 def _repeats(dataset: DatasetConfig, found: list[tuple[int, FoundImage]]) -> list[int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sdxl_lora import __version__
+from sdxl_lora.config.options import without_secrets
 
 ARCHITECTURE = "stable-diffusion-xl-v1-base/lora"
 IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
@@ -56,6 +57,7 @@ class RunFacts:
     dataset_dirs: dict = field(default_factory=dict)
     reg_dataset_dirs: dict = field(default_factory=dict)
     num_processes: int = 1
+    num_validation_images: int = 0
 
 
 def effective_text_encoder_lr(lrs: tuple[float | None, float | None]) -> float | None:
@@ -65,13 +67,14 @@ def effective_text_encoder_lr(lrs: tuple[float | None, float | None]) -> float |
 
 def training_metadata(args: dict, facts: RunFacts) -> dict[str, str]:
     """The ss_* keys fixed for the whole run (spec 4.1); save-time keys are added by `at_save`."""
+    args = without_secrets(args)
     meta = {f"ss_{k}": str(args.get(k)) for k in _ARG_KEYS}
     meta.update({
         "ss_session_id": str(facts.session_id),
         "ss_training_started_at": str(facts.training_started_at),
         "ss_text_encoder_lr": str(facts.text_encoder_lr),
         "ss_num_train_images": str(facts.num_train_images),
-        "ss_num_validation_images": "0",
+        "ss_num_validation_images": str(facts.num_validation_images),
         "ss_num_reg_images": str(facts.num_reg_images),
         "ss_num_batches_per_epoch": str(facts.num_batches_per_epoch),
         "ss_num_epochs": str(facts.num_epochs),
@@ -132,6 +135,7 @@ def at_save(base: dict[str, str], args: dict, *, steps: int, epoch: int, now: fl
 
 def modelspec(args: dict, now: float) -> dict[str, str]:
     """ModelSpec 1.0.1 keys for an SDXL LoRA."""
+    args = without_secrets(args)
     title = args.get("metadata_title") or args.get("output_name") or f"LoRA@{now}"
     spec = {
         "modelspec.sai_model_spec": "1.0.1",

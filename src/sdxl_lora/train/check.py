@@ -44,6 +44,7 @@ def build_check(cfg: RunConfig) -> dict:
         "skipped": [line for dataset in cfg.data.datasets for line in dataset.skipped],
         "num_train_images": sum(d.num_train_images for d in plan.datasets),
         "num_reg_images": sum(d.num_reg_images for d in plan.datasets),
+        "num_validation_images": sum(len(d.validation.images) for d in plan.datasets if d.validation),
         "batches_per_epoch": steps.batches_per_epoch,
         "steps_per_epoch": steps.steps_per_epoch,
         "max_train_steps": steps.max_train_steps,
@@ -68,14 +69,21 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
                      f"batch size {d['batch_size']}, {d['batches_per_epoch']} batches per epoch")
         for s in d["subsets"]:
             kind = "regularisation" if s["is_reg"] else "training"
-            lines.append(f"  {s['image_dir']}: {s['images']} {kind} images x {s['repeats']} repeats")
+            held = f", {s['validation_images']} held out for validation" if s["validation_images"] else ""
+            lines.append(f"  {s['image_dir']}: {s['images']} {kind} images x {s['repeats']} repeats{held}")
             lines += [f"    first epoch: {Path(e['path']).name}: {e['caption']!r}" for e in s["first_epoch_captions"]]
         lines.append("  buckets (width x height: samples per epoch):")
         lines += [f"    {b['width']}x{b['height']}: {b['count']}" for b in d["buckets"]]
+        if d["validation"]:
+            names = [Path(p).name for p in d["validation"]["paths"]]
+            lines.append(f"  validation (validation_split {d['validation_split']}): {len(names)} images in "
+                         f"{d['validation']['batches']} batches: {', '.join(names[:10])}"
+                         + (" ..." if len(names) > 10 else ""))
     lines += [f"skipped: {line}" for line in doc["skipped"]]
     trains = ", ".join(k.upper() for k, on in doc["trains"].items() if on)
     lines += [
-        f"training images x repeats: {doc['num_train_images']}; regularisation: {doc['num_reg_images']}",
+        f"training images x repeats: {doc['num_train_images']}; regularisation: {doc['num_reg_images']}; "
+        f"validation: {doc['num_validation_images']}",
         f"steps: {doc['max_train_steps']} ({doc['steps_per_epoch']} per epoch, {doc['num_epochs']} epochs)",
         f"optimizer: {doc['optimizer']}; learning rate: {doc['lr_scheduler']} schedule, "
         f"{doc['lr_warmup_steps']} warmup steps",

@@ -21,10 +21,23 @@ from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train import noise as noise_math
 from sdxl_lora.train.check import check_classes
-from sdxl_lora.train.errors import TrainingDiverged
-from sdxl_lora.train.optim import build_optimizer, set_train_mode
+from sdxl_lora.train.events import Events
+from sdxl_lora.train.optim import build_optimizer, set_train_mode, trained_parameters
+from sdxl_lora.train.progress import Progress
+from sdxl_lora.train.save import RunSaver
+from sdxl_lora.train.schedule import final_name
 from sdxl_lora.train.schedulers import build_scheduler
+from sdxl_lora.train.setup import (
+    data_loader,
+    enable_gradient_checkpointing,
+    latent_source_for,
+    text_cache_for,
+    text_source_for,
+)
+from sdxl_lora.train.state import restore_rngs, resume_from_hub, start_state, state_files
 from sdxl_lora.train.steps import plan_steps
+from sdxl_lora.train.tracking import Trackers, accelerator_kwargs, group_rates
+from sdxl_lora.train.validation import fixed_timestep_step, validation_loss, validation_timesteps
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +59,7 @@ def run(cfg: RunConfig) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from sdxl_lora.data.dataset import build_train_dataset, collate_first, shuffle_seed
+    from sdxl_lora.data.dataset import CacheGroup, build_train_dataset, build_validation_dataset, shuffle_seed
     from sdxl_lora.data.plan import build_plan
     from sdxl_lora.models.load import load_sdxl
     from sdxl_lora.models.precision import place_models
@@ -54,13 +67,17 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.network.groups import param_groups
     from sdxl_lora.network.hashes import ModelHashes
     from sdxl_lora.network.weights import max_norm_regularize
+    from sdxl_lora.publish.hub import Uploader
 
     session_id, started_at = random.randint(0, 2**32), time.time()
     # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
     model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     check_classes(cfg)  # optimizer/scheduler packages and arguments, before any weight is read
+    if cfg.hub.resume_from_huggingface and cfg.train.resume is not None:  # the state comes first: it may not exist
+        cfg = resume_from_hub(cfg)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
-                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
+                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                              **accelerator_kwargs(cfg.log))
     set_seed(cfg.train.seed)
 
     # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
@@ -73,14 +90,17 @@ def run(cfg: RunConfig) -> RunResult:
                                max_token_length=cfg.model.max_token_length)
     dataset = build_train_dataset(data_plan, seed=shuffle_seed(cfg.train.seed),
                                   prior_loss_weight=cfg.data.prior_loss_weight, tokenize=tokens)
+    # Images held out by --validation_split: fixed order, no augmentation; cached together with training's.
+    valid = build_validation_dataset(data_plan, seed=shuffle_seed(cfg.validation.seed), tokenize=tokens)
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
-    latent_source = latent_source_for(cfg, models.vae, dataset, accelerator.device, placement.highvram)
+    latent_source = latent_source_for(cfg, models.vae, CacheGroup(dataset, valid), accelerator.device,
+                                      placement.highvram)
     # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave it.
-    text_cache = text_cache_for(cfg, models, dataset, accelerator)
+    text_cache = text_cache_for(cfg, models, CacheGroup(dataset, valid), accelerator)
 
     handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
@@ -91,14 +111,12 @@ def run(cfg: RunConfig) -> RunResult:
         enable_gradient_checkpointing(models, cfg.network.train_text_encoder)
 
     # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_first,
-                                         num_workers=min(cfg.data.max_data_loader_n_workers, _cpus()),
-                                         persistent_workers=cfg.data.persistent_data_loader_workers
-                                         and cfg.data.max_data_loader_n_workers > 0)
+    loader = data_loader(dataset, cfg)
     plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs, accelerator.num_processes)
     dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
-    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim))
+    optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim),
+                                fp32_masters=cfg.model.full_fp16)
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes)
     optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
     # Only models that train are prepared (DDP refuses a model without trainable parameters).
@@ -109,52 +127,77 @@ def run(cfg: RunConfig) -> RunResult:
     _log_plan(plan, dataset, trainable)
     text_source = text_cache or text_source_for(cfg, te1, te2, accelerator.device)
 
-    from sdxl_lora.train.save import RunSaver
-
     saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
                      optimizer=optimizer, model_hashes=model_hashes, num_processes=accelerator.num_processes)
     parts = step_parts(models, unet, latent_source, text_source, accelerator, placement, cfg)
     # A dedicated generator for timesteps and noise (one stream per process), separate from data shuffling.
     noise_generator = torch.Generator(accelerator.device).manual_seed(cfg.train.seed + accelerator.process_index)
-    step_losses: list[float] = []
-    progress = _progress(plan.max_train_steps, accelerator.is_main_process)
-    global_step = 0
-    for epoch in range(plan.num_epochs):
-        dataset.set_epoch(epoch)
-        unet.train()
-        handles.train()  # LoRA dropouts act in training mode, in the text encoders too
-        for batch in loader:
-            with accelerator.accumulate(unet, te1, te2):
-                loss = training_step(batch, parts, cfg, noise_generator)
-                accelerator.backward(loss)
-                # With --fused_backward_pass the optimizer already stepped (and clipped) each tensor in backward.
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
-                    accelerator.clip_grad_norm_([p for ps in trainable.values() for p in ps],
-                                                cfg.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients and cfg.network.scale_weight_norms:
-                    max_norm_regularize(handles, cfg.network.scale_weight_norms)
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            step_losses.append(loss.detach().item())  # a device sync point, once per optimizer step
-            if not math.isfinite(step_losses[-1]):
-                raise TrainingDiverged(diagnose_non_finite(global_step, batch, cfg, scheduler.get_last_lr()))
-            progress.update(1)
-            progress.set_postfix(loss=f"{_recent_mean(step_losses):.4f}", epoch=f"{epoch + 1}/{plan.num_epochs}")
-            if global_step >= plan.max_train_steps:
-                break
-        if global_step >= plan.max_train_steps:
-            break
-    progress.close()
+    # Resuming restores weights, optimizer, scheduler, position and every RNG.
+    state, rngs = start_state(cfg, plan, handles, optimizer, scheduler, accelerator)
+    if rngs is not None:
+        restore_rngs(rngs, noise_generator)
+    validate = None
+    if valid is not None:
+        validate = functools.partial(
+            validation_loss, data_loader(valid, cfg), fixed_timestep_step(training_step, parts, cfg),
+            validation_timesteps(cfg.noise.min_timestep, cfg.noise.max_timestep), cfg.validation.seed,
+            cfg.validation.max_steps, device=accelerator.device, optimizer=optimizer,
+            modules=(unet, te1, te2, getattr(handles, "network", None)))
+    trackers = Trackers(cfg.log)
+    trackers.start(accelerator, cfg.args)
+    events = Events(
+        cfg, accelerator, saver, trackers=trackers, num_epochs=plan.num_epochs, validate=validate,
+        progress=Progress(Path(cfg.save.output_dir) / f"{final_name(cfg.save.output_name)}-status.json",
+                          total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
+                          enabled=accelerator.is_main_process),
+        uploader=Uploader(cfg.hub) if cfg.hub.repo_id and accelerator.is_main_process else None,
+        snapshot=functools.partial(state_files, handles, optimizer, scheduler, accelerator, noise_generator))
 
-    accelerator.wait_for_everyone()
-    set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
-    path = saver.save_final(steps=global_step, epochs=plan.num_epochs) if accelerator.is_main_process else None
+    try:
+        while state.epoch < plan.num_epochs and state.step < plan.max_train_steps:
+            unet.train()
+            handles.train()  # LoRA dropouts act in training mode, in the text encoders too
+            # A resumed epoch skips the batches already trained (the sampler skips them: no image is read).
+            epoch_loader = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
+            # accelerate's loader passes its own iteration count to dataset.set_epoch when iterated: align it.
+            epoch_loader.set_epoch(state.epoch)
+            dataset.set_epoch(state.epoch)
+            step_loss = 0.0
+            for batch in epoch_loader:
+                with accelerator.accumulate(unet, te1, te2):
+                    loss = training_step(batch, parts, cfg, noise_generator)
+                    accelerator.backward(loss)
+                    # --fused_backward_pass: the optimizer already stepped (and clipped) each tensor in backward.
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
+                        accelerator.clip_grad_norm_(trained_parameters(optimizer), cfg.optim.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if accelerator.sync_gradients and cfg.network.scale_weight_norms:
+                        max_norm_regularize(handles, cfg.network.scale_weight_norms)
+                state.batch += 1
+                step_loss = step_loss + loss.detach()  # summed on the device: no sync here
+                if not accelerator.sync_gradients:
+                    continue
+                state.step, state.micro_step = state.step + 1, accelerator.step
+                events.step_done(state, step_loss / cfg.train.gradient_accumulation_steps,
+                                 group_rates(optimizer.param_groups), tuple(batch.paths))
+                step_loss = 0.0
+                if state.step >= plan.max_train_steps:
+                    break
+            state.next_epoch()  # the last epoch too: its logs, validation and samples happen (sd-scripts)
+            events.epoch_done(state)
+
+        set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
+        path = events.finish(state, datasets=dataset.metadata_datasets(), samples=[])
+    except KeyboardInterrupt:
+        events.progress.finish("interrupted", step=state.step)
+        raise
+    finally:
+        trackers.end()
     accelerator.end_training()
-    return RunResult(output_path=path, losses=step_losses, steps=global_step, epochs=plan.num_epochs, models=models)
+    return RunResult(output_path=path, losses=events.meter.values, steps=state.step, epochs=plan.num_epochs,
+                     models=models)
 
 
 @dataclass(frozen=True)
@@ -212,82 +255,6 @@ def training_step(batch: Batch, parts: StepParts, cfg: RunConfig, generator: tor
                                 snr_table=parts.snr, loss_weights=batch.loss_weights.to(acc.device), mask=batch.masks)
 
 
-def diagnose_non_finite(step: int, batch: Batch, cfg: RunConfig, lrs: list[float]) -> str:
-    """One line saying where the loss broke and what usually causes it."""
-    hints = ["lower --learning_rate"]
-    if cfg.model.mixed_precision == "fp16" and not cfg.model.no_half_vae:
-        hints.insert(0, "add --no_half_vae (the SDXL VAE overflows in fp16)")
-    if cfg.model.mixed_precision == "fp16":
-        hints.append("use --mixed_precision bf16 if the GPU supports it")
-    images = ", ".join(str(p) for p in batch.paths)
-    return (f"loss is not finite at step {step} (learning rates {', '.join(f'{lr:g}' for lr in lrs)}, "
-            f"mixed precision {cfg.model.mixed_precision}, batch: {images}); nothing was saved; try: "
-            + "; ".join(hints))
-
-
-def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
-    """Live VAE encoding, or (--cache_latents[_to_disk]) every image encoded once now, read by the dataset."""
-    from sdxl_lora.data.cache_files import module_identity
-    from sdxl_lora.data.latent_cache import LatentCacheSettings, build_latent_cache
-    from sdxl_lora.data.sources import CachedLatents, VaeLatents, latent_names
-    from sdxl_lora.data.vae_encode import encode_images, latent_seed
-
-    if not cfg.data.cache_latents:
-        return VaeLatents(vae, device, cfg.data.vae_batch_size)
-    settings = LatentCacheSettings(to_disk=cfg.data.cache_latents_to_disk, skip_check=cfg.data.skip_cache_check,
-                                   batch_size=cfg.data.vae_batch_size, vae_identity=module_identity(vae),
-                                   channels=vae.config.latent_channels)
-
-    def encode(pixels, jobs):
-        keys = [job.key for job in jobs]
-        return encode_images(vae, pixels, latent_names(keys), [latent_seed(k) for k in keys], device,
-                             len(jobs)).cpu()
-
-    # Without --highvram the device cache is cleared after each batch, as sd-scripts does.
-    clear = torch.cuda.empty_cache if torch.cuda.is_available() and not highvram else None
-    dataset.set_latents(build_latent_cache(dataset.latent_jobs(), encode, settings, after_batch=clear))
-    vae.to("cpu")
-    return CachedLatents(vae.config.scaling_factor, device)
-
-
-def text_cache_for(cfg: RunConfig, models, dataset, accelerator):
-    """None, or (--cache_text_encoder_outputs[_to_disk]) every caption variant encoded once now."""
-    from sdxl_lora.data.cache_files import module_identity
-    from sdxl_lora.data.sources import CachedText
-    from sdxl_lora.data.text_cache import CAPTION_VARIANTS, TextCacheSettings, build_text_cache
-    from sdxl_lora.models.text import encode, num_chunks
-
-    if not cfg.data.cache_text_encoder_outputs:
-        return None
-    te1, te2, device = models.text_encoder_1, models.text_encoder_2, accelerator.device
-    tokens = num_chunks(cfg.model.max_token_length) * 75 + 2
-    settings = TextCacheSettings(
-        to_disk=cfg.data.cache_text_encoder_outputs_to_disk, skip_check=cfg.data.skip_cache_check,
-        batch_size=max(d.batch_size for d in cfg.data.datasets),
-        identity=f"{module_identity(te1, te2)}|tokens={tokens}",
-        context_shape=(tokens, te1.config.hidden_size + te2.config.hidden_size),
-        pooled_shape=(te2.config.projection_dim,))
-
-    def encode_captions(captions):
-        ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
-        with torch.no_grad(), accelerator.autocast():
-            return encode(te1, te2, ids1.to(device), ids2.to(device))
-
-    dataset.set_caption_variants(CAPTION_VARIANTS)
-    store = build_text_cache(dataset.text_jobs(), encode_captions, settings)
-    te1.to("cpu")
-    te2.to("cpu")
-    return CachedText(store, device)
-
-
-def text_source_for(cfg: RunConfig, te1, te2, device):
-    """The live text encoders (prepared models, so that their LoRA trains through them)."""
-    from sdxl_lora.data.sources import EncoderText
-    from sdxl_lora.models.text import encode
-
-    return EncoderText(functools.partial(encode, te1, te2), device, trains=cfg.network.train_text_encoder)
-
-
 def size_conditioning(batch: Batch) -> torch.Tensor:
     """SDXL micro-conditioning (spec 5.6): [orig_h, orig_w, crop_top, crop_left, target_h, target_w]."""
     from sdxl_lora.models.text import size_time_ids
@@ -295,36 +262,10 @@ def size_conditioning(batch: Batch) -> torch.Tensor:
     return size_time_ids(batch.original_size_hw, batch.crop_top_left, batch.target_size_hw)
 
 
-def enable_gradient_checkpointing(models, text_encoders: bool) -> None:
-    """Recompute activations in backward: U-Net always, text encoders only when they train."""
-    models.unet.enable_gradient_checkpointing()
-    if text_encoders:
-        for te in (models.text_encoder_1, models.text_encoder_2):
-            te.gradient_checkpointing_enable()
-            te.train()
-
-
 def _log_plan(plan, dataset, trainable) -> None:
     counts = {k: sum(p.numel() for p in v) for k, v in trainable.items()}
     log.info("batches per epoch %d, %d optimizer steps over %d epochs; trainable LoRA parameters %s",
              plan.batches_per_epoch, plan.max_train_steps, plan.num_epochs, counts)
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="steps", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
-
-
-def _recent_mean(values: list[float], window: int = 20) -> float:
-    tail = values[-window:]
-    return sum(tail) / len(tail)
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def loss_summary(step_losses: list[float]) -> tuple[float, float]:

@@ -107,9 +107,13 @@ def check_optimizer(cfg: OptimConfig) -> type:
     return cls
 
 
-def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    """The --optimizer_type optimizer over the param groups, at lr = --learning_rate (spec 9.1)."""
+def build_optimizer(cfg: OptimConfig, groups: list[dict], *, fp32_masters: bool = False) -> torch.optim.Optimizer:
+    """The --optimizer_type optimizer over the param groups, at lr = --learning_rate (spec 9.1). With
+    `fp32_masters` (--full_fp16) it steps float32 copies of the half-precision weights (see with_fp32_masters)."""
     cls = check_optimizer(cfg)
+    pairs = []
+    if fp32_masters:
+        groups, pairs = with_fp32_masters(groups)
     kwargs, lr = optimizer_kwargs(cfg), cfg.learning_rate
     name = cfg.optimizer_type.lower()
     if name.startswith(ADAPTIVE):
@@ -125,7 +129,50 @@ def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimiz
         set_train_mode(optimizer, True)
     if cfg.fused_backward_pass:
         fuse_into_backward(optimizer, lambda group: cls([group], lr=lr, **kwargs), cfg.max_grad_norm)
+    if pairs:
+        optimizer.fp32_masters = pairs
+        optimizer.register_step_post_hook(lambda *_: _copy_masters(pairs))
     return optimizer
+
+
+def with_fp32_masters(groups: list[dict]) -> tuple[list[dict], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """--full_fp16: the model computes with fp16 LoRA weights and fp16 gradients (scaled by accelerate's
+    GradScaler), while the optimizer holds a float32 master copy of each weight. Plain AdamW on fp16 weights breaks
+    within steps (its eps and small updates vanish in fp16); sd-scripts does exactly that. Each fp16 gradient is
+    moved into its master's float32 .grad as soon as backward completes it (accumulating over micro-batches); after
+    each optimizer step the masters are copied back into the fp16 weights. Returns the groups over the masters and
+    the (fp16 weight, master) pairs."""
+    pairs, out = [], []
+    for group in groups:
+        masters = []
+        for param in group["params"]:
+            master = param.detach().float().requires_grad_(True)
+            param.register_post_accumulate_grad_hook(_grad_to_master(master))
+            masters.append(master)
+            pairs.append((param, master))
+        out.append({**group, "params": masters})
+    return out, pairs
+
+
+def _grad_to_master(master: torch.Tensor):
+    def move(param: torch.Tensor) -> None:
+        grad = param.grad.float()
+        master.grad = grad if master.grad is None else master.grad.add_(grad)
+        param.grad = None
+
+    return move
+
+
+def _copy_masters(pairs) -> None:
+    with torch.no_grad():
+        for param, master in pairs:
+            param.copy_(master)
+
+
+def trained_parameters(optimizer) -> list[torch.Tensor]:
+    """The tensors the optimizer steps (their gradients are the ones to clip): the float32 masters with
+    --full_fp16, else the LoRA weights."""
+    return [p for group in getattr(optimizer, "optimizer", optimizer).param_groups for p in group["params"]]
 
 
 def fuse_into_backward(lead: torch.optim.Optimizer, make, max_grad_norm: float) -> None:
@@ -164,6 +211,36 @@ def _step_hook(single: torch.optim.Optimizer, lead: torch.optim.Optimizer, index
 
 def _fused_step(self, closure=None) -> None:
     """The optimizer already stepped every tensor during backward."""
+
+
+def optimizer_state(optimizer) -> dict:
+    """The optimizer's state for a state folder; with --fused_backward_pass the per-tensor optimizers hold it."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    fused = getattr(inner, "fused_optimizers", None)
+    state = {"optimizer": optimizer.state_dict()}
+    if fused is not None:
+        state["fused"] = [single.state_dict() for single in fused]
+    masters = getattr(inner, "fp32_masters", None)
+    if masters is not None:  # the float32 weights themselves: the fp16 ones are only their rounding
+        state["fp32_masters"] = [master.detach().cpu().clone() for _, master in masters]
+    return state
+
+
+def load_optimizer_state(optimizer, state: dict) -> None:
+    inner = getattr(optimizer, "optimizer", optimizer)
+    fused = getattr(inner, "fused_optimizers", None)
+    if (fused is None) != ("fused" not in state):
+        raise ValueError("the state was saved with a different --fused_backward_pass setting")
+    masters = getattr(inner, "fp32_masters", None)
+    if (masters is None) != ("fp32_masters" not in state):
+        raise ValueError("the state was saved with a different --full_fp16 setting")
+    optimizer.load_state_dict(state["optimizer"])
+    for single, saved in zip(fused or [], state.get("fused", []), strict=True):
+        single.load_state_dict(saved)
+    with torch.no_grad():
+        for (param, master), saved in zip(masters or [], state.get("fp32_masters", []), strict=True):
+            master.copy_(saved)
+            param.copy_(saved)
 
 
 def set_train_mode(optimizer, training: bool) -> None:

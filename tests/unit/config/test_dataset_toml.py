@@ -324,13 +324,14 @@ def test_missing_or_empty_image_dir(tmp_path):
     ]
 
 
-def test_shared_general_value_reported_once_and_unsupported_settings(tmp_path):
+def test_shared_general_value_reported_once(tmp_path):
+    """A bad [general] value shared by two datasets is one problem; validation_split must be below 1."""
     folder = image_folder(tmp_path / "img")
-    toml = write(tmp_path / "d.toml", f'[general]\nshuffle_caption = true\n[[datasets]]\nresolution = 512\n'
-                                      f'validation_split = 0.1\n[[datasets.subsets]]\nimage_dir = "{folder}"\n'
-                                      f'[[datasets.subsets]]\nimage_dir = "{folder}/."\n')
+    dataset = f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "{folder}"\n'
+    toml = write(tmp_path / "d.toml", '[general]\nshuffle_caption = true\nvalidation_split = 1.0\n' + dataset * 2)
     assert validate_datasets(load_datasets(toml, cli()), cache_latents=False) == [
-        f"{toml}: datasets[0].validation_split=0.1: validation datasets are not supported yet",
+        f"{toml}: general.validation_split=1.0: must be at least 0 and below 1 (the fraction of each subset's "
+        "training images held out for validation)",
     ]
 
 

@@ -19,6 +19,11 @@ def tree(tmp_path: Path) -> Path:
     (tmp_path / "folder").mkdir()
     (tmp_path / "vae_dir" / "vae").mkdir(parents=True)
     (tmp_path / "vae_dir" / "vae" / "config.json").write_text("{}")
+    # sd-scripts' train_state.json has only its two counters; ours names the format.
+    for name, text in (("kohya_state", '{"current_epoch": 2, "current_step": 10}'),
+                       ("our_state", '{"current_epoch": 2, "current_step": 10, "format": "sdxl-lora-state-1"}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train_state.json").write_text(text)
     return tmp_path
 
 
@@ -35,6 +40,9 @@ def test_every_rule_names_a_real_option():
     ("network_weights", "folder", "folder without pytorch_lora_weights.safetensors (not a diffusers LoRA folder)"),
     ("resume", "missing_state", "folder not found"),
     ("resume", "file.safetensors", "is a file, not a folder"),
+    ("resume", "folder", "not a state folder (no train_state.json)"),
+    ("resume", "kohya_state", "a state folder written by sd-scripts, which cannot be resumed exactly; start from "
+                              "its weights with --network_weights kohya_state/model.safetensors"),
     ("in_json", "meta.json", "file not found"),
     ("sample_prompts", "prompts.txt", "file not found"),
     ("log_tracker_config", "tracker.toml", "file not found"),
@@ -54,7 +62,7 @@ def test_a_bad_path_is_one_line_naming_the_flag(tree, monkeypatch, name, value, 
 
 @pytest.mark.parametrize(("name", "value"), [
     ("vae", "file.safetensors"), ("vae", "vae_dir"), ("vae", "madebyollin/sdxl-vae-fp16-fix"),
-    ("network_weights", "file.safetensors"), ("resume", "folder"), ("conditioning_data_dir", "folder"),
+    ("network_weights", "file.safetensors"), ("resume", "our_state"), ("conditioning_data_dir", "folder"),
     ("tokenizer_cache_dir", "not_yet_created"), ("metadata_thumbnail", "data:image/png;base64,AAAA"),
     ("metadata_thumbnail", "notes.txt"), ("output_dir", "new_out"), ("logging_dir", "folder"),
     ("console_log_file", "folder/log.txt"),
