@@ -63,8 +63,9 @@ def _train_or_check(command: str, argv: list[str]) -> int:
 
     check_classes(cfg)
     if command == "check":
-        from sdxl_lora.train.check import render_plan
+        from sdxl_lora.train.check import check_sample_prompts, render_plan
 
+        check_sample_prompts(cfg)
         print(render_plan(cfg, as_json=as_json))
         return 0
     with optional_imports_off(needed=needs_bitsandbytes(cfg.optim.optimizer_type)):

@@ -20,8 +20,8 @@ from sdxl_lora.data.batch import Batch
 from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train import noise as noise_math
-from sdxl_lora.train.check import check_classes
-from sdxl_lora.train.events import Events
+from sdxl_lora.train.check import check_classes, check_sample_prompts
+from sdxl_lora.train.events import Events, sample_with
 from sdxl_lora.train.optim import build_optimizer, set_train_mode, trained_parameters
 from sdxl_lora.train.progress import Progress
 from sdxl_lora.train.save import RunSaver
@@ -74,11 +74,13 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.network.hashes import ModelHashes
     from sdxl_lora.network.weights import max_norm_regularize
     from sdxl_lora.publish.hub import Uploader
+    from sdxl_lora.sample.generate import generate_samples, sample_settings
 
     session_id, started_at = random.randint(0, 2**32), time.time()
     # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
     model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     check_classes(cfg)  # optimizer/scheduler packages and arguments, before any weight is read
+    prompts = check_sample_prompts(cfg)  # a sample prompt file that does not parse stops the run here
     if cfg.hub.resume_from_huggingface and cfg.train.resume is not None:  # the state comes first: it may not exist
         cfg = resume_from_hub(cfg)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
@@ -149,10 +151,17 @@ def run(cfg: RunConfig) -> RunResult:
             validation_timesteps(cfg.noise.min_timestep, cfg.noise.max_timestep), cfg.validation.seed,
             cfg.validation.max_steps, device=accelerator.device, optimizer=optimizer,
             modules=(unet, te1, te2, getattr(handles, "network", None)))
+    sample = None
+    if prompts:  # samples come from the live models, LoRA applied
+        settings = sample_settings(cfg, accelerator.device, placement.weight_dtype, accelerator.process_index,
+                                   accelerator.num_processes)
+        sample = functools.partial(sample_with, optimizer,
+                                   functools.partial(generate_samples, models, prompts, settings))
     trackers = Trackers(cfg.log)
     trackers.start(accelerator, cfg.args)
     events = Events(
         cfg, accelerator, saver, trackers=trackers, num_epochs=plan.num_epochs, validate=validate,
+        prompts=tuple(prompts), sample=sample,
         progress=Progress(Path(cfg.save.output_dir) / f"{final_name(cfg.save.output_name)}-status.json",
                           total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
                           enabled=accelerator.is_main_process),
@@ -196,7 +205,7 @@ def run(cfg: RunConfig) -> RunResult:
             events.epoch_done(state)
 
         set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
-        path = events.finish(state, datasets=dataset.metadata_datasets(), samples=[])
+        path = events.finish(state, datasets=dataset.metadata_datasets(), samples=events.samples)
     except KeyboardInterrupt:
         events.progress.finish("interrupted", step=state.step)
         raise
