@@ -63,8 +63,9 @@ def _train_or_check(command: str, argv: list[str]) -> int:
 
     check_classes(cfg)
     if command == "check":
-        from sdxl_lora.train.check import render_plan
+        from sdxl_lora.train.check import check_sample_prompts, render_plan
 
+        check_sample_prompts(cfg)
         print(render_plan(cfg, as_json=as_json))
         return 0
     with optional_imports_off(needed=needs_bitsandbytes(cfg.optim.optimizer_type)):
@@ -73,11 +74,23 @@ def _train_or_check(command: str, argv: list[str]) -> int:
 
         result = run(cfg)
     if result.output_path is not None:
-        first, last = loss_summary(result.losses)
-        print(f"trained {result.steps} steps in {result.epochs} epochs; "
-              f"average loss first {first:.4f} -> last {last:.4f}")
-        print(f"saved {result.output_path}")
+        print(run_summary(result, loss_summary(result.losses)))
     return 0
+
+
+def run_summary(result, losses: tuple[float, float]) -> str:
+    """The closing lines of a run: steps, time, loss, and every file written."""
+    minutes, seconds = divmod(round(result.seconds), 60)
+    first, last = losses
+    lines = [f"trained {result.steps} steps in {result.epochs} epochs in {minutes}m{seconds:02d}s; "
+             f"average loss first {first:.4f} -> last {last:.4f}",
+             f"wrote {len(result.written)} files and folders:"]
+    if len(result.validation_losses) > 1:
+        (s0, v0), (s1, v1) = result.validation_losses[0], result.validation_losses[-1]
+        lines.insert(1, f"validation loss {v0:.6f} at step {s0} -> {v1:.6f} at step {s1}")
+    lines += [f"  {path}" for path in result.written]
+    lines.append(f"saved {result.output_path}")
+    return "\n".join(lines)
 
 
 def _tiny_model(argv: list[str]) -> int:

@@ -131,6 +131,10 @@ def _dreambooth(r: Run, ok: bool = False, resolution: str | None = "64") -> list
     return r.argv(drop=drop, train_data_dir=root, resolution=resolution)
 
 
+def _file(r: Run, name: str, text: str = "a photo\n") -> Path:
+    return write_toml(r.tmp / name, text)
+
+
 def _config_file(r: Run, text: str) -> list[str]:
     path = write_toml(r.tmp / "run.toml", text)
     return r.argv(config_file=path)
@@ -307,9 +311,16 @@ CASES = (
     Case("huggingface_repo_type_unknown",
          lambda r: r.argv(huggingface_repo_id="me/lora", huggingface_repo_type="models"),
          ("--huggingface_repo_type models", "model, dataset, space")),
-    Case("not_supported_yet_in_config_file", lambda r: _config_file(r, "[sample_prompt_arguments]\n"
-                                                                       "sample_every_n_epochs = 1\n"),
-         ("--sample_every_n_epochs", "not supported yet")),
+    Case("not_supported_yet_in_config_file", lambda r: _config_file(r, "[distributed_arguments]\n"
+                                                                       "ddp_static_graph = true\n"),
+         ("--ddp_static_graph", "not supported yet")),
+    Case("sample_schedule_without_prompts", lambda r: _config_file(r, "[sample_prompt_arguments]\n"
+                                                                      "sample_every_n_epochs = 1\n"),
+         ("--sample_every_n_epochs", "needs --sample_prompts")),
+    Case("sample_prompts_missing", lambda r: r.argv("--sample_at_first", sample_prompts=r.tmp / "prompts.txt"),
+         ("--sample_prompts", "prompts.txt", "file not found")),
+    Case("sample_prompts_wrong_type", lambda r: r.argv("--sample_at_first", sample_prompts=_file(r, "prompts.csv")),
+         ("--sample_prompts", "expected a .txt, .toml or .json file")),
     Case("caption_tag_dropout_above_one",
          lambda r: r.argv(dataset_config=r.toml(subset={"caption_tag_dropout_rate": "1.5"})),
          ("subsets[0].caption_tag_dropout_rate", "between 0 and 1")),

@@ -53,7 +53,9 @@ def test_tensorboard_gets_losses_rates_and_validation(tiny_model_dir, dataset, t
     first = result.losses[:3]
     assert [v for _, v in tags["loss/average"]][:3] == pytest.approx(
         [first[0], sum(first[:2]) / 2, sum(first) / 3])
-    assert [step for step, _ in tags["loss/validation/step_average"]] == [2, 4]
+    # Validated before the first step too (the curve's origin), then every 2 steps.
+    assert [step for step, _ in tags["loss/validation/step_average"]] == [0, 2, 4]
+    assert [step for step, _ in result.validation_losses] == [0, 2, 3, 4, 4]  # steps 3 and 4 end epochs 1 and 2
     # Epoch logs: TensorBoard step = epoch; validation also at every epoch end (validate_every_n_epochs unset).
     assert [step for step, _ in tags["loss/epoch_average"]] == [1, 2]
     assert [step for step, _ in tags["loss/validation/epoch_average"]] == [1, 2]

@@ -119,3 +119,18 @@ def test_resume_with_gradient_accumulation_over_an_uneven_epoch(tiny_model_dir, 
     assert main(_argv(tiny_model_dir, dataset, out, *extra, f"--resume={state3}")) == 0
     reference, resumed = _tensors(tmp_path / "straight" / "lora.safetensors"), _tensors(out / "lora.safetensors")
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_resume_with_fused_backward_restores_the_per_tensor_optimizers(tiny_model_dir, dataset, tmp_path,
+                                                                       monkeypatch):
+    """With --fused_backward_pass the optimizer state lives in one optimizer per tensor: all of them come back."""
+    extra = ["--fused_backward_pass", "--max_train_steps=5"]
+    assert main(_argv(tiny_model_dir, dataset, tmp_path / "straight", *extra)) == 0
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2)
+        with pytest.raises(Interrupted):
+            main(_argv(tiny_model_dir, dataset, out, *extra, "--save_every_n_steps=2", "--save_state"))
+    assert main(_argv(tiny_model_dir, dataset, out, *extra, f"--resume={out / 'lora-step00000002-state'}")) == 0
+    reference, resumed = _tensors(tmp_path / "straight" / "lora.safetensors"), _tensors(out / "lora.safetensors")
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)

@@ -27,6 +27,7 @@ from sdxl_lora.config.optimizer_args import (
 )
 from sdxl_lora.config.options import OPTIONS, WORKS
 from sdxl_lora.config.rules import check_dataset_rules, check_rules
+from sdxl_lora.config.sampling import sample_problems, sample_schedule, sample_warnings
 from sdxl_lora.config.schema import (
     DataConfig,
     HubConfig,
@@ -37,6 +38,7 @@ from sdxl_lora.config.schema import (
     NoiseConfig,
     OptimConfig,
     RunConfig,
+    SampleConfig,
     SaveConfig,
     TrainConfig,
     ValidationConfig,
@@ -53,7 +55,8 @@ _IMPLIED = (
 def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunConfig:
     """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
     values, notes = normalize(values, given)
-    problems = unsupported_options(values) + check_rules(values) + hub_problems(values) + validation_problems(values)
+    problems = (unsupported_options(values) + check_rules(values) + hub_problems(values) + validation_problems(values)
+                + sample_problems(values))
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
@@ -67,7 +70,8 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
     lora_warnings = [] if values.get("network_module") == LYCORIS_MODULE else network_args_warnings(
         values.get("network_args"))
     warnings = lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
-    for warning in warnings + save_warnings(values) + hub_warnings(values) + validation_warnings(values, datasets):
+    warnings += save_warnings(values) + hub_warnings(values) + validation_warnings(values, datasets)
+    for warning in warnings + sample_warnings(values):
         log.warning("%s", warning)
     for warning in logging_warnings(values):
         log.warning("%s", warning)
@@ -243,7 +247,7 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
                      noise=noise_config(v), loss=loss_config(v), validation=validation_config(v),
-                     log=logging_config(v), hub=hub_config(v))
+                     log=logging_config(v), hub=hub_config(v), sample=sample_config(v))
 
 
 def noise_config(v: dict) -> NoiseConfig:
@@ -271,6 +275,14 @@ def loss_config(v: dict) -> LossConfig:
         v_pred_like_loss=v.get("v_pred_like_loss"),
         debiased_estimation_loss=bool(v.get("debiased_estimation_loss")), masked_loss=bool(v.get("masked_loss")),
     )
+
+
+def sample_config(v: dict) -> SampleConfig:
+    """Sample prompts and schedule (spec 1.11): N <= 0 is off; --sample_every_n_epochs turns step sampling off."""
+    steps, epochs, at_first = sample_schedule(v)
+    return SampleConfig(prompts=Path(v["sample_prompts"]) if v.get("sample_prompts") else None,
+                        every_n_steps=steps, every_n_epochs=epochs, at_first=at_first,
+                        sampler=(v.get("sample_sampler") or SampleConfig.sampler).lower())
 
 
 _VALIDATION_COUNTS = ("validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps")

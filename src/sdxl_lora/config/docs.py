@@ -31,6 +31,7 @@ flattened, the command line wins). There, as in sd-scripts, unknown keys are ign
 "did you mean"), an empty value (`""`, `[]`, or `false` for a string option unset by default) means unset, and
 `dynamo_backend = "no"` means no compile backend; a number written as a string (`max_grad_norm = "1.0"`) is
 read like the same text on the command line; a value of a type sd-scripts cannot use is an error naming the key.
+One default differs: `--sample_sampler` is `euler_a` (sd-scripts: `ddim`, which gives poor SDXL samples).
 
 Status: **works**; **not yet (capability)**: parsed, but an error when set, until that roadmap capability is
 built; **refused**: never supported. Defaults are written as in a TOML config file; "unset" is sd-scripts'

@@ -348,13 +348,19 @@ OPTIONS: tuple[Option, ...] = (
            help="trust existing cache files without reading them (entries for changed images, captions or "
                 "models are still encoded)"),
     # Sample images (spec 1.11)
-    Option("sample_prompts", SAMPLES, "str", None, roadmap=SAMPLING,
-           help="prompt file (.txt, .toml or .json)"),
-    Option("sample_every_n_steps", SAMPLES, "int", None, roadmap=SAMPLING, help="sample every N steps"),
-    Option("sample_every_n_epochs", SAMPLES, "int", None, roadmap=SAMPLING,
-           help="sample every N epochs (disables step sampling)"),
-    Option("sample_at_first", SAMPLES, "flag", False, roadmap=SAMPLING, help="sample before the first step"),
-    Option("sample_sampler", SAMPLES, "str", "ddim", SAMPLERS, roadmap=SAMPLING, help="default sampler"),
+    Option("sample_prompts", SAMPLES, "str", None, status=WORKS,
+           help="prompt file: .txt (one prompt a line, options --w --h --d --s --l --n --ss), .toml or .json; a "
+                "prompt without --w/--h is 1024x1024 (sd-scripts: 512x512); sampled when one of the three options "
+                "below is set"),
+    Option("sample_every_n_steps", SAMPLES, "int", None, status=WORKS,
+           help="sample after every N optimizer steps (0 or less: off, with a warning)"),
+    Option("sample_every_n_epochs", SAMPLES, "int", None, status=WORKS,
+           help="sample at the end of every N epochs; when set, --sample_every_n_steps is ignored (0 or less: off)"),
+    Option("sample_at_first", SAMPLES, "flag", False, status=WORKS,
+           help="sample before the first step (files named e000000)"),
+    Option("sample_sampler", SAMPLES, "str", "euler_a", SAMPLERS, status=WORKS,
+           help="sampler of prompts without --ss; default euler_a (sd-scripts: ddim, poor for SDXL); accepted and "
+                "unused without --sample_prompts"),
     # Logging (spec 1.12)
     Option("logging_dir", LOGGING, "str", None, status=WORKS,
            help="log to <logging_dir>/<log_prefix><YYYYmmddHHMMSS>; alone, it means --log_with tensorboard"),

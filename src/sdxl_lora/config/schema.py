@@ -289,6 +289,8 @@ class RunConfig:
     """Experiment trackers (TensorBoard, wandb)."""
     hub: HubConfig = field(default_factory=lambda: HubConfig())
     """Hugging Face Hub upload and resume."""
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig())
+    """Sample images during training."""
 
 
 @dataclass(frozen=True)
@@ -354,3 +356,19 @@ class HubConfig:
     @property
     def private(self) -> bool:
         return self.visibility != "public"
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sample images during training (spec 1.11, 8); off unless a schedule and a prompt file are given."""
+
+    prompts: Path | None = None
+    """--sample_prompts: the prompt file (.txt, .toml or .json); None: no samples."""
+    every_n_steps: int | None = None
+    """Sample after every N-th optimizer step; None when off or when every_n_epochs is set."""
+    every_n_epochs: int | None = None
+    """Sample at the end of every N-th epoch; None when off."""
+    at_first: bool = False
+    """Sample before the first step (files named e000000)."""
+    sampler: str = "euler_a"
+    """Sampler of prompts that name none (sd-scripts' default is ddim)."""

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train.steps import plan_steps, warmup_steps
+
+if TYPE_CHECKING:
+    from sdxl_lora.sample.prompts import SamplePrompt
+
+log = logging.getLogger(__name__)
 
 
 def check_classes(cfg: RunConfig) -> None:
@@ -84,3 +91,20 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
     ]
     lines += [f"saves: {s['path']} at {s['when']}" for s in doc["saves"]]
     return "\n".join(lines)
+
+
+def check_sample_prompts(cfg: RunConfig) -> list[SamplePrompt]:
+    """Before any model loads: the sample prompts when sampling is scheduled, else [].
+    A file that does not parse raises ConfigError naming --sample_prompts, the file and the line or key; what is
+    ignored or changed in it is logged as warnings."""
+    from sdxl_lora.sample.prompts import load_prompts
+    from sdxl_lora.sample.schedule import sampling_enabled
+
+    if not sampling_enabled(cfg.sample):
+        return []
+    prompts, warnings = load_prompts(cfg.sample.prompts, cfg.sample.sampler)
+    for warning in warnings:
+        log.warning("%s", warning)
+    if not prompts:
+        log.warning("--sample_prompts %s has no prompts: no samples are made", cfg.sample.prompts)
+    return prompts

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from sdxl_lora.config.schema import RunConfig
+from sdxl_lora.sample.generate import own_prompts
+from sdxl_lora.sample.schedule import sample_due_at_epoch, sample_due_at_first, sample_due_at_step
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.progress import LossMeter, NonFiniteLoss, Progress
 from sdxl_lora.train.schedule import due_at_epoch, due_at_step
@@ -43,13 +45,29 @@ class Events:
     num_epochs: int
     validate: Callable[[], float] | None = None
     """The validation loss of the current weights (fixed timesteps and noise); None without held-out images."""
+    sample: Callable[..., list[Path]] | None = None
+    """(epoch=, step=) -> sample images of the current weights; None without sample prompts."""
+    prompts: tuple = ()
+    """The sample prompts (sample.prompts.SamplePrompt), in file order."""
+    samples: list[tuple[Path, str]] = field(default_factory=list)
+    """The latest sample images and their prompts (for the model card)."""
     meter: LossMeter = field(default_factory=LossMeter)
     average: LossAverage = field(default_factory=LossAverage)
     written: list[Path] = field(default_factory=list)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss) of every validation run."""
 
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def start(self, state: TrainState) -> None:
+        """Before the first step of a fresh run: the validation loss of the untrained LoRA, the curve's origin
+        (sd-scripts has no such point)."""
+        if self.validate is not None and state.step == 0:
+            self.validation(0, 1)
+        if self.sample is not None and sample_due_at_first(self.cfg.sample):
+            self.sample_images(0, epoch=0)
 
     def step_done(self, state: TrainState, loss: torch.Tensor, rates: dict[str, float], paths: tuple) -> None:
         """After optimizer step `state.step`: record its loss (still on the device), then what is due."""
@@ -60,6 +78,8 @@ class Events:
             self.save(self.saver.at_step, state, state.step, state.epoch)
         elif self.meter.due():
             self.read_losses()
+        if self.sample is not None and sample_due_at_step(self.cfg.sample, state.step):
+            self.sample_images(state.step)
         if self.validate is not None and validation_due(self.cfg.validation, step=state.step):
             self.validation(state.step, state.epoch + 1)
 
@@ -69,8 +89,24 @@ class Events:
         self.trackers.log_epoch(state.epoch, state.step, self.average.average)
         if self.validate is not None and validation_due(self.cfg.validation, epoch=state.epoch):
             self.validation(state.step, state.epoch, epoch_end=True)
+        if self.sample is not None and sample_due_at_epoch(self.cfg.sample, state.epoch):
+            self.sample_images(state.step, epoch=state.epoch)
         if due_at_epoch(self.saver.schedule.models, state.epoch, self.num_epochs):
             self.save(self.saver.at_epoch, state, state.epoch, state.step)
+
+    def sample_images(self, step: int, *, epoch: int | None = None) -> None:
+        """Sample images of the current weights; named on the console and logged (as sd-scripts, after the
+        step's own values)."""
+        self.read_losses()
+        paths = self.sample(epoch=epoch, step=step)
+        # This process's share of the prompts, in order: one file each.
+        own = own_prompts(self.prompts, self.accelerator.process_index, self.accelerator.num_processes)
+        pairs = [(path, prompt.prompt) for path, prompt in zip(paths, own, strict=True)]
+        self.trackers.log_images(step, pairs)
+        for path in paths:
+            log.info("sample %s", path)
+        if pairs:
+            self.samples = pairs
 
     def validation(self, step: int, epoch: int, *, epoch_end: bool = False) -> float:
         """The validation loss now: logged, and one line for people."""
@@ -79,6 +115,7 @@ class Events:
         self.trackers.log_validation(step, epoch, value, self.average.average, epoch_end=epoch_end)
         log.info("validation loss %.6f at step %d (epoch %d)", value, step, epoch)
         self.progress.facts["validation_loss"] = value
+        self.validation_losses.append((step, value))
         return value
 
     def read_losses(self) -> None:
@@ -132,6 +169,17 @@ class Events:
             self.uploader.upload_file(paths[0], wait=wait)
             for folder in paths[1:]:
                 self.uploader.upload_folder(folder, wait=wait)
+
+
+def sample_with(optimizer, generate: Callable[..., list[Path]], *, epoch: int | None, step: int) -> list[Path]:
+    """Samples of the weights that will be saved: a schedule-free optimizer's averaged ones, then back."""
+    from sdxl_lora.train.optim import set_train_mode
+
+    set_train_mode(optimizer, False)
+    try:
+        return generate(epoch=epoch, step=step)
+    finally:
+        set_train_mode(optimizer, True)
 
 
 def diagnose_non_finite(step: int, paths: tuple, cfg: RunConfig, lrs: list[float]) -> str:

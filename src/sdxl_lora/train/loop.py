@@ -20,8 +20,8 @@ from sdxl_lora.data.batch import Batch
 from sdxl_lora.models.text import tokenize
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train import noise as noise_math
-from sdxl_lora.train.check import check_classes
-from sdxl_lora.train.events import Events
+from sdxl_lora.train.check import check_classes, check_sample_prompts
+from sdxl_lora.train.events import Events, sample_with
 from sdxl_lora.train.optim import build_optimizer, set_train_mode, trained_parameters
 from sdxl_lora.train.progress import Progress
 from sdxl_lora.train.save import RunSaver
@@ -52,6 +52,12 @@ class RunResult:
     epochs: int
     models: object = None
     """The trained models (LoRA applied), for callers that keep working in the same process."""
+    written: tuple[Path, ...] = ()
+    """Every file and state folder this run wrote, in order."""
+    seconds: float = 0.0
+    """Wall time of the run."""
+    validation_losses: tuple[tuple[int, float], ...] = ()
+    """(step, loss) of each validation run, the untrained LoRA's at step 0 first."""
 
 
 def run(cfg: RunConfig) -> RunResult:
@@ -68,11 +74,13 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.network.hashes import ModelHashes
     from sdxl_lora.network.weights import max_norm_regularize
     from sdxl_lora.publish.hub import Uploader
+    from sdxl_lora.sample.generate import generate_samples, sample_settings
 
     session_id, started_at = random.randint(0, 2**32), time.time()
     # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
     model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     check_classes(cfg)  # optimizer/scheduler packages and arguments, before any weight is read
+    prompts = check_sample_prompts(cfg)  # a sample prompt file that does not parse stops the run here
     if cfg.hub.resume_from_huggingface and cfg.train.resume is not None:  # the state comes first: it may not exist
         cfg = resume_from_hub(cfg)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
@@ -143,10 +151,17 @@ def run(cfg: RunConfig) -> RunResult:
             validation_timesteps(cfg.noise.min_timestep, cfg.noise.max_timestep), cfg.validation.seed,
             cfg.validation.max_steps, device=accelerator.device, optimizer=optimizer,
             modules=(unet, te1, te2, getattr(handles, "network", None)))
+    sample = None
+    if prompts:  # samples come from the live models, LoRA applied
+        settings = sample_settings(cfg, accelerator.device, placement.weight_dtype, accelerator.process_index,
+                                   accelerator.num_processes)
+        sample = functools.partial(sample_with, optimizer,
+                                   functools.partial(generate_samples, models, prompts, settings))
     trackers = Trackers(cfg.log)
     trackers.start(accelerator, cfg.args)
     events = Events(
         cfg, accelerator, saver, trackers=trackers, num_epochs=plan.num_epochs, validate=validate,
+        prompts=tuple(prompts), sample=sample,
         progress=Progress(Path(cfg.save.output_dir) / f"{final_name(cfg.save.output_name)}-status.json",
                           total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
                           enabled=accelerator.is_main_process),
@@ -154,6 +169,7 @@ def run(cfg: RunConfig) -> RunResult:
         snapshot=functools.partial(state_files, handles, optimizer, scheduler, accelerator, noise_generator))
 
     try:
+        events.start(state)
         while state.epoch < plan.num_epochs and state.step < plan.max_train_steps:
             unet.train()
             handles.train()  # LoRA dropouts act in training mode, in the text encoders too
@@ -162,7 +178,7 @@ def run(cfg: RunConfig) -> RunResult:
             # accelerate's loader passes its own iteration count to dataset.set_epoch when iterated: align it.
             epoch_loader.set_epoch(state.epoch)
             dataset.set_epoch(state.epoch)
-            step_loss = 0.0
+            step_loss, step_batches = 0.0, 0
             for batch in epoch_loader:
                 with accelerator.accumulate(unet, te1, te2):
                     loss = training_step(batch, parts, cfg, noise_generator)
@@ -176,25 +192,29 @@ def run(cfg: RunConfig) -> RunResult:
                     if accelerator.sync_gradients and cfg.network.scale_weight_norms:
                         max_norm_regularize(handles, cfg.network.scale_weight_norms)
                 state.batch += 1
-                step_loss = step_loss + loss.detach()  # summed on the device: no sync here
+                step_loss, step_batches = step_loss + loss.detach(), step_batches + 1  # on the device: no sync
                 if not accelerator.sync_gradients:
                     continue
                 state.step, state.micro_step = state.step + 1, accelerator.step
-                events.step_done(state, step_loss / cfg.train.gradient_accumulation_steps,
-                                 group_rates(optimizer.param_groups), tuple(batch.paths))
-                step_loss = 0.0
+                events.step_done(state, step_loss / step_batches, group_rates(optimizer.param_groups),
+                                 tuple(batch.paths))
+                step_loss, step_batches = 0.0, 0
                 if state.step >= plan.max_train_steps:
                     break
             state.next_epoch()  # the last epoch too: its logs, validation and samples happen (sd-scripts)
             events.epoch_done(state)
 
         set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
-        path = events.finish(state, datasets=dataset.metadata_datasets(), samples=[])
+        path = events.finish(state, datasets=dataset.metadata_datasets(), samples=events.samples)
+    except KeyboardInterrupt:
+        events.progress.finish("interrupted", step=state.step)
+        raise
     finally:
         trackers.end()
     accelerator.end_training()
     return RunResult(output_path=path, losses=events.meter.values, steps=state.step, epochs=plan.num_epochs,
-                     models=models)
+                     models=models, written=tuple(events.written), seconds=time.time() - started_at,
+                     validation_losses=tuple(events.validation_losses))
 
 
 @dataclass(frozen=True)
