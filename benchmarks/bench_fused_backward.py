@@ -1,7 +1,7 @@
 """Peak memory of LoRA training steps with and without --fused_backward_pass.
 
     python benchmarks/bench_fused_backward.py [--model tiny|full] [--steps 3] [--rank 8] [--dtype bf16|float32]
-        [--optimizer AdamW] [--threads 1] [--resolution 256]
+        [--optimizer AdamW] [--optimizer_args k=v ...] [--max_grad_norm 1.0] [--threads 1] [--resolution 256]
 
 Each variant ("plain", "fused") runs in a fresh subprocess, so its process peak is its own. A child builds the
 SDXL U-Net (`tiny`: sdxl_lora.models.tiny's config; `full`: SDXL base's shipped config, 2.6 B parameters) on the
@@ -12,9 +12,10 @@ is on; batch 1; the steps are the loop's (backward, global clipping unless fused
 accelerate's wrappers. With `--dtype bf16` the U-Net weights are bf16 under bf16 autocast and LoRA stays float32,
 as with --mixed_precision bf16.
 
-Memory is read after the model is built, after LoRA and the optimizer are built, and as the peak over the steps:
-the kernel's resident high-water mark (VmHWM, reset through /proc/self/clear_refs before the first step), and on
-CUDA torch.cuda.max_memory_allocated. Prints one JSON line per variant, then one with the fused/plain ratios.
+Memory is read after the model is built, after LoRA and the optimizer are built, and as the peak of each step:
+the kernel's resident high-water mark (VmHWM, reset through /proc/self/clear_refs before each step; the children
+run with a fixed glibc mmap threshold, see CHILD_ENV), and on CUDA torch.cuda.max_memory_allocated. Prints one
+JSON line per variant, then one with the fused/plain ratios. Figures and commands: docs/performance.md.
 """
 
 from __future__ import annotations
