@@ -62,11 +62,11 @@ class Events:
         return self.accelerator.is_main_process
 
     def start(self, state: TrainState) -> None:
-        """Before the first step of a fresh run: the validation loss of the untrained LoRA, the curve's origin
-        (sd-scripts has no such point)."""
+        """Before the first step of a fresh run (not a resumed one): the validation loss of the untrained LoRA,
+        the curve's origin (sd-scripts has no such point), and --sample_at_first."""
         if self.validate is not None and state.step == 0:
             self.validation(0, 1)
-        if self.sample is not None and sample_due_at_first(self.cfg.sample):
+        if self.sample is not None and state.step == 0 and sample_due_at_first(self.cfg.sample):
             self.sample_images(0, epoch=0)
 
     def step_done(self, state: TrainState, loss: torch.Tensor, rates: dict[str, float], paths: tuple) -> None:
