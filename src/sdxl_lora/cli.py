@@ -84,7 +84,7 @@ def run_summary(result, losses: tuple[float, float]) -> str:
     first, last = losses
     lines = [f"trained {result.steps} steps in {result.epochs} epochs in {minutes}m{seconds:02d}s; "
              f"average loss first {first:.4f} -> last {last:.4f}",
-             f"wrote {len(result.written)} files and folders:"]
+             "written:"]
     if len(result.validation_losses) > 1:
         (s0, v0), (s1, v1) = result.validation_losses[0], result.validation_losses[-1]
         lines.insert(1, f"validation loss {v0:.6f} at step {s0} -> {v1:.6f} at step {s1}")
