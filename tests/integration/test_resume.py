@@ -104,33 +104,47 @@ def test_resume_continues_the_step_count_and_the_schedule(tiny_model_dir, datase
     assert (status["phase"], status["step"], status["max_steps"]) == ("done", 12, 12)
 
 
+def _resumed_equals_straight(model, dataset, tmp_path, monkeypatch, extra: list[str], stop: int):
+    """Train straight; train again interrupted after step `stop` and resumed from its state: same LoRA, bit for
+    bit. Returns the state folder the second run resumed from."""
+    assert main(_argv(model, dataset, tmp_path / "straight", *extra)) == 0
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, stop)
+        with pytest.raises(Interrupted):
+            main(_argv(model, dataset, out, *extra, f"--save_every_n_steps={stop}", "--save_state"))
+    state = out / f"lora-step{stop:08d}-state"
+    assert main(_argv(model, dataset, out, *extra, f"--resume={state}")) == 0
+    reference, resumed = _tensors(tmp_path / "straight" / "lora.safetensors"), _tensors(out / "lora.safetensors")
+    assert sorted(resumed) == sorted(reference)
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    return state
+
+
 def test_resume_with_gradient_accumulation_over_an_uneven_epoch(tiny_model_dir, dataset, tmp_path, monkeypatch):
     """3 batches, accumulation 2: each epoch is a step of 2 batches and a step of 1 (accelerate applies the
     gradients at the loader's end). Interrupted after step 3 (epoch 2, batch 2), the run resumes exactly."""
-    extra = ["--gradient_accumulation_steps=2", "--max_train_steps=6"]
-    assert main(_argv(tiny_model_dir, dataset, tmp_path / "straight", *extra)) == 0
-    out = tmp_path / "interrupted"
-    with monkeypatch.context() as m:
-        _interrupt_after(m, 3)
-        with pytest.raises(Interrupted):
-            main(_argv(tiny_model_dir, dataset, out, *extra, "--save_every_n_steps=3", "--save_state"))
-    state3 = out / "lora-step00000003-state"
-    assert json.loads((state3 / "train_state.json").read_text())["batch"] == 2
-    assert main(_argv(tiny_model_dir, dataset, out, *extra, f"--resume={state3}")) == 0
-    reference, resumed = _tensors(tmp_path / "straight" / "lora.safetensors"), _tensors(out / "lora.safetensors")
-    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    state = _resumed_equals_straight(tiny_model_dir, dataset, tmp_path, monkeypatch,
+                                     ["--gradient_accumulation_steps=2", "--max_train_steps=6"], stop=3)
+    assert json.loads((state / "train_state.json").read_text())["batch"] == 2
 
 
 def test_resume_with_fused_backward_restores_the_per_tensor_optimizers(tiny_model_dir, dataset, tmp_path,
                                                                        monkeypatch):
     """With --fused_backward_pass the optimizer state lives in one optimizer per tensor: all of them come back."""
-    extra = ["--fused_backward_pass", "--max_train_steps=5"]
-    assert main(_argv(tiny_model_dir, dataset, tmp_path / "straight", *extra)) == 0
-    out = tmp_path / "interrupted"
+    _resumed_equals_straight(tiny_model_dir, dataset, tmp_path, monkeypatch,
+                             ["--fused_backward_pass", "--max_train_steps=5"], stop=2)
+
+
+def test_resume_with_another_network_is_one_line(tiny_model_dir, dataset, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
     with monkeypatch.context() as m:
-        _interrupt_after(m, 2)
+        _interrupt_after(m, 1)
         with pytest.raises(Interrupted):
-            main(_argv(tiny_model_dir, dataset, out, *extra, "--save_every_n_steps=2", "--save_state"))
-    assert main(_argv(tiny_model_dir, dataset, out, *extra, f"--resume={out / 'lora-step00000002-state'}")) == 0
-    reference, resumed = _tensors(tmp_path / "straight" / "lora.safetensors"), _tensors(out / "lora.safetensors")
-    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+            main(_argv(tiny_model_dir, dataset, out, "--save_every_n_steps=1", "--save_state"))
+    argv = [a for a in _argv(tiny_model_dir, dataset, out) if a != "--network_dim=4"]
+    assert main([*argv, "--network_dim=8", f"--resume={out / 'lora-step00000001-state'}"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("sdxl-lora: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"sdxl-lora: error: --resume {out / 'lora-step00000001-state'}: ")
+    assert "shape" in errors[0] and "Traceback" not in err

@@ -21,7 +21,7 @@ from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.progress import LossMeter, NonFiniteLoss, Progress
 from sdxl_lora.train.schedule import due_at_epoch, due_at_step
 from sdxl_lora.train.state import TrainState, write_state
-from sdxl_lora.train.tracking import LossAverage
+from sdxl_lora.train.tracking import LossAverage, group_rates
 from sdxl_lora.train.validation import validation_due
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Events:
         if self.sample is not None and state.step == 0 and sample_due_at_first(self.cfg.sample):
             self.sample_images(0, epoch=0)
 
-    def step_done(self, state: TrainState, loss: torch.Tensor, rates: dict[str, float], paths: tuple) -> None:
+    def step_done(self, state: TrainState, loss: torch.Tensor, rates: list[dict], paths: tuple) -> None:
         """After optimizer step `state.step`: record its loss (still on the device), then what is due."""
         self.meter.add(state.step, loss, rates, paths, epoch=state.epoch,
                        step_in_epoch=(state.batch - 1) // self.cfg.train.gradient_accumulation_steps)
@@ -124,14 +124,17 @@ class Events:
             read = self.meter.read()
         except NonFiniteLoss as err:
             pending = err.pending
-            reason = diagnose_non_finite(pending.step, pending.paths, self.cfg, list(pending.rates.values()))
+            reason = diagnose_non_finite(pending.step, pending.paths, self.cfg,
+                                         list(group_rates(pending.rates).values()))
             self.progress.finish("failed", error=reason)
             raise TrainingDiverged(reason) from None
+        rates = {}
         for pending, value in read:
+            rates = group_rates(pending.rates)
             self.average.add(pending.epoch, pending.step_in_epoch, value)
-            self.trackers.log_step(pending.step, pending.epoch + 1, value, self.average.average, pending.rates)
+            self.trackers.log_step(pending.step, pending.epoch + 1, value, self.average.average, rates)
         if read:
-            self.progress.show(self.average.average, list(read[-1][0].rates.values()))
+            self.progress.show(self.average.average, list(rates.values()))
 
     def save(self, checkpoint, state: TrainState, *args) -> None:
         self.read_losses()

@@ -36,7 +36,7 @@ from sdxl_lora.train.setup import (
 )
 from sdxl_lora.train.state import restore_rngs, resume_from_hub, start_state, state_files
 from sdxl_lora.train.steps import plan_steps
-from sdxl_lora.train.tracking import Trackers, accelerator_kwargs, group_rates
+from sdxl_lora.train.tracking import Trackers, accelerator_kwargs, lr_snapshot
 from sdxl_lora.train.validation import fixed_timestep_step, validation_loss, validation_timesteps
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def run(cfg: RunConfig) -> RunResult:
                 if not accelerator.sync_gradients:
                     continue
                 state.step, state.micro_step = state.step + 1, accelerator.step
-                events.step_done(state, step_loss / step_batches, group_rates(optimizer.param_groups),
+                events.step_done(state, step_loss / step_batches, lr_snapshot(optimizer.param_groups),
                                  tuple(batch.paths))
                 step_loss, step_batches = 0.0, 0
                 if state.step >= plan.max_train_steps:

@@ -230,10 +230,10 @@ def load_optimizer_state(optimizer, state: dict) -> None:
     inner = getattr(optimizer, "optimizer", optimizer)
     fused = getattr(inner, "fused_optimizers", None)
     if (fused is None) != ("fused" not in state):
-        raise ValueError("the state was saved with a different --fused_backward_pass setting")
+        raise ConfigError("--resume: the state was saved with a different --fused_backward_pass setting")
     masters = getattr(inner, "fp32_masters", None)
     if (masters is None) != ("fp32_masters" not in state):
-        raise ValueError("the state was saved with a different --full_fp16 setting")
+        raise ConfigError("--resume: the state was saved with a different --full_fp16 setting")
     optimizer.load_state_dict(state["optimizer"])
     for single, saved in zip(fused or [], state.get("fused", []), strict=True):
         single.load_state_dict(saved)

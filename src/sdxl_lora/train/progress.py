@@ -29,8 +29,8 @@ class Pending:
 
     step: int
     loss: torch.Tensor
-    rates: dict[str, float]
-    """Learning rate per parameter group (lr/<name> log keys)."""
+    rates: list[dict]
+    """The parameter groups' name/lr/d at this step (tracking.lr_snapshot), converted when read."""
     paths: tuple
     """Images of the step's last batch (named when the loss is not finite)."""
     epoch: int = 0
@@ -54,7 +54,7 @@ class LossMeter:
     _pending: list[Pending] = field(default_factory=list)
     _last_read: float = field(default_factory=time.monotonic)
 
-    def add(self, step: int, loss: torch.Tensor, rates: dict[str, float], paths: tuple = (), *, epoch: int = 0,
+    def add(self, step: int, loss: torch.Tensor, rates: list[dict], paths: tuple = (), *, epoch: int = 0,
             step_in_epoch: int = 0) -> None:
         self._pending.append(Pending(step, loss.detach(), rates, paths, epoch, step_in_epoch))
 
@@ -75,9 +75,6 @@ class LossMeter:
         self.values += read
         return pairs
 
-    def recent_mean(self, window: int = 20) -> float | None:
-        tail = self.values[-window:]
-        return sum(tail) / len(tail) if tail else None
 
 
 class Progress:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sdxl_lora.common.files import atomic_folder
+from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.paths import STATE_FORMAT
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.train.optim import load_optimizer_state, optimizer_state, set_train_mode
@@ -169,10 +170,15 @@ def start_state(cfg: RunConfig, plan, handles, optimizer, scheduler, accelerator
     train = cfg.train
     resumed = read_state(train.resume, process_index=accelerator.process_index) if train.resume else None
     if resumed is not None:
-        if hasattr(handles, "load_kohya"):
-            handles.load_kohya(resumed.lora, str(train.resume))
-        else:
-            load_kohya_into(handles, resumed.lora)
+        try:
+            if hasattr(handles, "load_kohya"):
+                handles.load_kohya(resumed.lora, str(train.resume))
+            else:
+                load_kohya_into(handles, resumed.lora)
+        except ValueError as err:  # another rank, alpha or module set than the state's network
+            lines = str(err).splitlines()  # one line: the summary and the first problems
+            raise ConfigError(f"--resume {train.resume}: {' '.join([lines[0], *(x.strip() for x in lines[1:3])])}"
+                              " (was it saved with other network options?)") from None
         load_optimizer_state(optimizer, resumed.optimizer)
         set_train_mode(optimizer, True)  # a final state holds schedule-free optimizers in evaluation mode
         if resumed.scheduler is not None:
@@ -211,7 +217,6 @@ def fast_forward(scheduler, steps: int) -> None:
 
 def resume_from_hub(cfg: RunConfig) -> RunConfig:
     """--resume_from_huggingface: the state folder downloaded from the Hub, checked like a local one."""
-    from sdxl_lora.config.errors import ConfigError
     from sdxl_lora.config.paths import path_problems
     from sdxl_lora.publish.hub import download_resume
 

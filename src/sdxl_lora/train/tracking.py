@@ -79,6 +79,12 @@ def group_rates(param_groups: Sequence[dict]) -> dict[str, float]:
     return rates
 
 
+def lr_snapshot(param_groups: Sequence[dict]) -> list[dict]:
+    """Each group's name, lr and d as they are now, unconverted (so no sync even where lr is a device tensor,
+    as with Adafactor's relative step); group_rates turns the snapshot into floats when the loss is read."""
+    return [{key: group[key] for key in ("name", "lr", "d") if key in group} for group in param_groups]
+
+
 class LossAverage:
     """loss/average and loss/epoch_average as sd-scripts keeps them: one loss per step slot of an epoch; from the
     second epoch on, each step replaces the loss its slot held one epoch earlier."""

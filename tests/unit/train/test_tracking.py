@@ -296,3 +296,16 @@ def test_group_rates_of_the_networks_prepared_optimizer(tiny_lora, optimizer_typ
     optimizer = build_optimizer(cfg, param_groups(tiny_lora, NetworkConfig(), cfg))
     optimizer, scheduler = Accelerator(cpu=True).prepare(optimizer, build_scheduler(cfg, optimizer, 10))
     assert group_rates(optimizer.param_groups) == pytest.approx(expected)
+
+
+def test_lr_snapshot_leaves_a_tensor_lr_unread_until_group_rates():
+    """Adafactor's relative step writes a tensor lr: the step loop only snapshots it (no device sync)."""
+    import torch
+
+    from sdxl_lora.train.tracking import lr_snapshot
+
+    lr = torch.tensor(0.01)
+    groups = [{"name": "unet", "lr": lr, "params": [], "weight_decay": 0.0}, {"lr": 2e-4, "d": 3.0, "params": []}]
+    snapshot = lr_snapshot(groups)
+    assert snapshot == [{"name": "unet", "lr": lr}, {"lr": 2e-4, "d": 3.0}] and snapshot[0]["lr"] is lr
+    assert group_rates(snapshot) == pytest.approx({"unet": 0.01, "group1": 2e-4, "d*lr/group1": 6e-4})
