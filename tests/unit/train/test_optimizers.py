@@ -10,7 +10,7 @@ import torch
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.options import OPTIMIZERS
 from sdxl_lora.config.schema import OptimConfig
-from sdxl_lora.train.optim import build_optimizer, check_optimizer, set_train_mode
+from sdxl_lora.train.optim import build_optimizer, check_optimizer, multi_tensor_kwargs, set_train_mode
 from sdxl_lora.train.schedulers import build_scheduler
 
 # The class each name stands for, from spec 9.1 (not read from train.optim).
@@ -212,3 +212,33 @@ def test_fused_backward_steps_during_backward_with_the_scheduled_lr():
     model(torch.randn(2, 512)).sum().backward()
     assert not torch.equal(model.up, before) and model.up.grad is None
     assert optimizer.fused_optimizers[1].param_groups[0]["lr"] == 0.25
+
+
+def test_torch_optimizers_take_the_foreach_path_on_cpu_with_the_single_tensor_weights():
+    """torch leaves CPU tensors on its per-tensor loop; we ask for foreach, which must give the same weights."""
+    from types import SimpleNamespace
+
+    def weights(**args):
+        torch.manual_seed(0)
+        model = TinyLora()
+        x, y = torch.randn(4, 512), torch.randn(4, 16)
+        cfg = OptimConfig(optimizer_type="AdamW", learning_rate=1e-2, optimizer_args=tuple(args.items()))
+        optimizer = build_optimizer(cfg, [{"params": [model.down, model.up], "lr": 1e-2}])
+        for _ in range(5):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return optimizer.defaults, [p.detach() for p in (model.down, model.up)]
+
+    defaults, ours = weights()
+    assert defaults["foreach"] is True and not defaults["fused"]
+    single_defaults, single = weights(foreach=False)
+    assert single_defaults["foreach"] is False  # the user's choice is kept
+    for a, b in zip(ours, single, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    cuda = [{"params": [SimpleNamespace(is_cuda=True, is_floating_point=lambda: True)]}]
+    assert multi_tensor_kwargs(torch.optim.AdamW, {}, cuda) == {"fused": True}
+    assert multi_tensor_kwargs(torch.optim.RMSprop, {}, cuda) == {"foreach": True}
+    assert multi_tensor_kwargs(torch.optim.AdamW, {"fused": False}, cuda) == {}
+    lion = pytest.importorskip("lion_pytorch").Lion
+    assert multi_tensor_kwargs(lion, {}, cuda) == {}
