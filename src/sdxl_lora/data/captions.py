@@ -117,6 +117,14 @@ def process_tags(caption: str, subset: SubsetConfig, rng: random.Random, *, step
     return ", ".join(head + flexible + tail)
 
 
+def is_fixed(subset: SubsetConfig) -> bool:
+    """Whether process_caption gives each image the same caption at every step, so that its text-encoder
+    output can be computed once: no random choice (shuffle, dropouts, wildcards) and no token warmup.
+    caption_dropout_every_n_epochs only alternates with the empty caption, which is fixed too."""
+    return not (subset.shuffle_caption or subset.caption_dropout_rate > 0 or subset.caption_tag_dropout_rate > 0
+                or subset.enable_wildcard or subset.token_warmup_step > 0)
+
+
 def process_caption(caption: str, subset: SubsetConfig, rng: random.Random, *, epoch: int = 0, step: int = 0,
                     max_train_steps: int = 0) -> str:
     """The caption the text encoders see for this sample in 0-based `epoch` at optimizer step `step`."""

@@ -21,7 +21,7 @@ from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.data import metadata
 from sdxl_lora.data.batch import Batch
 from sdxl_lora.data.buckets import Size, centre_offset, crop_top_left
-from sdxl_lora.data.captions import process_caption
+from sdxl_lora.data.captions import is_fixed, process_caption
 from sdxl_lora.data.images import crop_offset, face_box, face_crop_window, prepare_image, prepare_mask
 from sdxl_lora.data.latent_cache import LatentJob, LatentKey
 from sdxl_lora.data.plan import DatasetPlan, ImagePlan, Plan, build_plan
@@ -72,6 +72,14 @@ class TrainDataset(Dataset):
                 jobs += [LatentJob(latent_key(image, crop, flip), image.resized_size, subset.resize_interpolation)
                          for flip in ((False, True) if subset.flip_aug else (False,))]
         return jobs
+
+    def set_tokenize(self, tokenize: Tokenize | None) -> None:
+        """Tokenize captions into the batch (live text encoders), or not (None: text-encoder outputs cached)."""
+        self.tokenize = tokenize
+
+    def captions_fixed(self) -> bool:
+        """Whether every subset gives each image one caption for the whole run (captions.is_fixed)."""
+        return all(is_fixed(subset) for subset in self.plan.config.subsets)
 
     def set_caption_variants(self, variants: int) -> None:
         """With `variants` > 0 each image trains, each epoch, with one of its `variants` processed captions
@@ -315,6 +323,13 @@ class TrainDatasets(ConcatDataset):
         for dataset in self.datasets:
             dataset.set_caption_variants(variants)
 
+    def set_tokenize(self, tokenize: Tokenize | None) -> None:
+        for dataset in self.datasets:
+            dataset.set_tokenize(tokenize)
+
+    def captions_fixed(self) -> bool:
+        return all(dataset.captions_fixed() for dataset in self.datasets)
+
     def text_jobs(self) -> list[TextJob]:
         """Each dataset's captions to cache."""
         return [job for dataset in self.datasets for job in dataset.text_jobs()]
@@ -372,6 +387,13 @@ class CacheGroup:
     def set_caption_variants(self, variants: int) -> None:
         for dataset in self.datasets:
             dataset.set_caption_variants(variants)
+
+    def set_tokenize(self, tokenize: Tokenize | None) -> None:
+        for dataset in self.datasets:
+            dataset.set_tokenize(tokenize)
+
+    def captions_fixed(self) -> bool:
+        return all(dataset.captions_fixed() for dataset in self.datasets)
 
     def text_jobs(self) -> list[TextJob]:
         return [job for dataset in self.datasets for job in dataset.text_jobs()]

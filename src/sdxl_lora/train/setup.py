@@ -4,11 +4,14 @@ cached), gradient checkpointing, the data loader's workers."""
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.models.text import tokenize
+
+log = logging.getLogger(__name__)
 
 
 def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
@@ -37,14 +40,14 @@ def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
 
 
 def text_cache_for(cfg: RunConfig, models, dataset, accelerator):
-    """None, or (--cache_text_encoder_outputs[_to_disk]) every caption variant encoded once now."""
+    """None (the live text encoders run in each step), or every caption encoded once now: with
+    --cache_text_encoder_outputs[_to_disk], or by itself in memory when that gives the same conditioning
+    (auto_text_cache). The loader then stops tokenizing, and the frozen encoders leave the device."""
     from sdxl_lora.data.cache_files import module_identity
     from sdxl_lora.data.sources import CachedText
     from sdxl_lora.data.text_cache import CAPTION_VARIANTS, TextCacheSettings, build_text_cache
     from sdxl_lora.models.text import encode, num_chunks
 
-    if not cfg.data.cache_text_encoder_outputs:
-        return None
     te1, te2, device = models.text_encoder_1, models.text_encoder_2, accelerator.device
     tokens = num_chunks(cfg.model.max_token_length) * 75 + 2
     settings = TextCacheSettings(
@@ -53,17 +56,42 @@ def text_cache_for(cfg: RunConfig, models, dataset, accelerator):
         identity=f"{module_identity(te1, te2)}|tokens={tokens}",
         context_shape=(tokens, te1.config.hidden_size + te2.config.hidden_size),
         pooled_shape=(te2.config.projection_dim,))
+    if not (cfg.data.cache_text_encoder_outputs or auto_text_cache(cfg, dataset, settings, (te1, te2))):
+        return None
 
     def encode_captions(captions):
         ids1, ids2 = tokenize(models.tokenizer_1, models.tokenizer_2, captions, cfg.model.max_token_length)
         with torch.no_grad(), accelerator.autocast():
             return encode(te1, te2, ids1.to(device), ids2.to(device))
 
-    dataset.set_caption_variants(CAPTION_VARIANTS)
+    if cfg.data.cache_text_encoder_outputs:  # random caption processing: a few cached variants per image
+        dataset.set_caption_variants(CAPTION_VARIANTS)
     store = build_text_cache(dataset.text_jobs(), encode_captions, settings)
+    dataset.set_tokenize(None)
     te1.to("cpu")
     te2.to("cpu")
     return CachedText(store, device)
+
+
+def auto_text_cache(cfg: RunConfig, dataset, settings, encoders) -> bool:
+    """Whether to cache text-encoder outputs in memory without --cache_text_encoder_outputs: the encoders do not
+    train and every caption is fixed for the run (captions.is_fixed), so the outputs are what the encoders would
+    give in each step; and the cache takes less memory than the encoders (4 bytes per value, the float32 case)."""
+    if cfg.data.cache_text_encoder_outputs_to_disk or cfg.network.train_text_encoder \
+            or not dataset.captions_fixed():
+        return False
+    captions = len({job.caption for job in dataset.text_jobs()})
+    cache_bytes = captions * (settings.context_shape[0] * settings.context_shape[1] + settings.pooled_shape[0]) * 4
+    encoder_bytes = sum(p.numel() * p.element_size() for te in encoders for p in te.parameters())
+    if cache_bytes > encoder_bytes:
+        log.info("text encoders run in each step: caching the outputs of %d captions would take %.1f GiB, more "
+                 "than the encoders (use --cache_text_encoder_outputs_to_disk to cache them on disk)", captions,
+                 cache_bytes / 2**30)
+        return False
+    log.info("the text encoders are frozen and every caption is fixed: their outputs for %d captions are cached "
+             "in memory before training (%.0f MiB), as --cache_text_encoder_outputs would", captions,
+             cache_bytes / 2**20)
+    return True
 
 
 def text_source_for(cfg: RunConfig, te1, te2, device):
