@@ -148,3 +148,10 @@ def test_resume_with_another_network_is_one_line(tiny_model_dir, dataset, tmp_pa
     errors = [line for line in err.splitlines() if line.startswith("sdxl-lora: error:")]
     assert len(errors) == 1 and errors[0].startswith(f"sdxl-lora: error: --resume {out / 'lora-step00000001-state'}: ")
     assert "shape" in errors[0] and "Traceback" not in err
+
+
+def test_resume_with_loader_workers_kept_between_epochs(tiny_model_dir, dataset, tmp_path, monkeypatch):
+    """Workers that read the images (no latent cache) live for the whole run, across epochs; the resumed epoch
+    gets a loader of its own. The run ends as if never interrupted."""
+    _resumed_equals_straight(tiny_model_dir, dataset, tmp_path, monkeypatch, ["--max_data_loader_n_workers=2"],
+                             stop=4)

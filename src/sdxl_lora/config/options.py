@@ -440,9 +440,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("highvram", OTHERS, "flag", False, roadmap=LOADING, status=WORKS,
            help="do not clear the device cache while caching latents"),
     Option("max_data_loader_n_workers", OTHERS, "int", 8, status=WORKS,
-           help="DataLoader workers (at most the CPU count)"),
+           help="DataLoader workers (at most the CPU count; none when every batch comes from the in-memory "
+                "caches)"),
     Option("persistent_data_loader_workers", OTHERS, "flag", False, status=WORKS,
-           help="keep DataLoader workers alive between epochs"),
+           help="accepted: DataLoader workers are always kept alive between epochs"),
     Option("skip_bad_files", OTHERS, "flag", False, status=WORKS,
            help="not in sd-scripts: leave unreadable or truncated images, empty captions, too-small images and "
                 "mismatched masks out of training (listed in a warning) instead of stopping"),

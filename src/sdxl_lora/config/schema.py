@@ -108,7 +108,7 @@ class DataConfig:
     max_data_loader_n_workers: int = 8
     """DataLoader workers (min with CPU count)."""
     persistent_data_loader_workers: bool = False
-    """Keep DataLoader workers alive between epochs."""
+    """sd-scripts' flag, accepted: workers are always kept alive between epochs."""
     prior_loss_weight: float = 1.0
     """Loss weight of regularisation images."""
     masked_loss: bool = False

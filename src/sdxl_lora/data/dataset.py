@@ -73,6 +73,13 @@ class TrainDataset(Dataset):
                          for flip in ((False, True) if subset.flip_aug else (False,))]
         return jobs
 
+    def reads_files(self) -> bool:
+        """Whether making a batch reads any file (images, masks, latents on disk), or only looks up latents in
+        memory (--cache_latents, no alpha mask or mask image)."""
+        return not isinstance(self.latents, dict) or any(
+            self.plan.config.subsets[image.subset_index].alpha_mask or image.mask_path is not None
+            for image in self.plan.images)
+
     def set_tokenize(self, tokenize: Tokenize | None) -> None:
         """Tokenize captions into the batch (live text encoders), or not (None: text-encoder outputs cached)."""
         self.tokenize = tokenize
@@ -329,6 +336,9 @@ class TrainDatasets(ConcatDataset):
 
     def captions_fixed(self) -> bool:
         return all(dataset.captions_fixed() for dataset in self.datasets)
+
+    def reads_files(self) -> bool:
+        return any(dataset.reads_files() for dataset in self.datasets)
 
     def text_jobs(self) -> list[TextJob]:
         """Each dataset's captions to cache."""

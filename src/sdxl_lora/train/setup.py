@@ -118,13 +118,19 @@ def cpus() -> int:
 
 
 def data_loader(dataset, cfg: RunConfig) -> torch.utils.data.DataLoader:
-    """One item per batch (the dataset batches and orders itself), in --max_data_loader_n_workers workers."""
+    """One item per batch (the dataset batches and orders itself), in up to --max_data_loader_n_workers workers,
+    kept for the whole run (forking them again each epoch costs start-up and the first batch's wait every
+    epoch). A dataset whose batches are only in-memory lookups loads in the main process: workers would
+    only add the cost of passing each batch between processes (measured: 1.12x -> 1.06x the U-Net's step time)."""
     from sdxl_lora.data.dataset import collate_first
 
     workers = min(cfg.data.max_data_loader_n_workers, cpus())
+    if workers and not dataset.reads_files():
+        log.info("--max_data_loader_n_workers: batches come from the in-memory caches, loaded without workers")
+        workers = 0
     return torch.utils.data.DataLoader(
         dataset, batch_size=1, shuffle=False, collate_fn=collate_first, num_workers=workers,
-        persistent_workers=cfg.data.persistent_data_loader_workers and workers > 0,
+        persistent_workers=workers > 0,
         # Its own generator: starting an epoch then draws nothing from torch's global RNG (dropouts use it), so
         # a resumed run draws what the uninterrupted one did.
         generator=torch.Generator().manual_seed(cfg.train.seed))
