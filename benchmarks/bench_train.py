@@ -109,8 +109,9 @@ def write_full_model(folder: Path) -> Path:
     from sdxl_lora.models.configs import build_empty, shipped_config
     from sdxl_lora.models.tokenizers import clip_tokenizers
 
-    generator = torch.Generator().manual_seed(0)
-    parts = {c: random_model(build_empty(c, shipped_config(c)), torch.float16, "cpu", generator)
+    device = "cuda" if use_cuda() else "cpu"  # random numbers are much faster there; saved tensor by tensor
+    generator = torch.Generator(device).manual_seed(0)
+    parts = {c: random_model(build_empty(c, shipped_config(c)), torch.float16, device, generator)
              for c in ("unet", "vae", "te1", "te2")}
     tok1, tok2 = clip_tokenizers()
     pipe = StableDiffusionXLPipeline(
