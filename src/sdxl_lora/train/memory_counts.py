@@ -91,14 +91,14 @@ def _lora_shapes(layer: torch.nn.Module, rank: int) -> list[tuple[int, ...]]:
 
 
 def settings_for(cfg: RunConfig, datasets: list[dict] | None = None) -> Settings:
-    """The estimate's settings; the activations are sized by the dataset (from check's report) whose batch
-    size times largest bucket area is largest, or by its resolution without images."""
-    candidates = [(1, (1024, 1024))]
-    for d in datasets or []:
-        sizes = [(b["width"], b["height"]) for b in d["buckets"]] or [tuple(d["resolution"])]
-        candidates.append((d["batch_size"], max(sizes, key=lambda s: s[0] * s[1])))
+    """The estimate's settings; the activations are sized by the dataset whose batch size times largest bucket
+    area is largest: from check's report (`datasets`), else from the dataset configs' resolutions."""
+    candidates = [(d.batch_size, tuple(d.resolution)) for d in cfg.data.datasets] or [(1, (1024, 1024))]
     if datasets:
-        candidates.pop(0)
+        candidates = []
+        for d in datasets:
+            sizes = [(b["width"], b["height"]) for b in d["buckets"]] or [tuple(d["resolution"])]
+            candidates.append((d["batch_size"], max(sizes, key=lambda s: s[0] * s[1])))
     batch, size = max(candidates, key=lambda c: c[0] * c[1][0] * c[1][1])
     m, o = cfg.model, cfg.optim
     return Settings(
