@@ -117,4 +117,4 @@ def test_check_estimates_peak_gpu_memory_from_the_models_configs(tmp_path, tiny_
     assert main(["check", *argv, "--gradient_checkpointing"]) == 0
     out = capsys.readouterr().out
     assert "estimated peak GPU memory: " in out and "gradient checkpointing, AdamW; 0.3M LoRA parameters" in out
-    assert "  U-Net weights: " in out
+    assert "    U-Net weights: " in out and "  training steps: " in out

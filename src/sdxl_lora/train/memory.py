@@ -240,8 +240,9 @@ def suggestions(s: Settings) -> list[tuple[str, Settings]]:
                     replace(s, batch_size=s.batch_size // 2)))
     width, height = s.resolution
     if width * height > 768 * 768:
-        out.append(("a lower --resolution (or max_bucket_reso)",
-                    replace(s, resolution=(width * 3 // 4 // 64 * 64, height * 3 // 4 // 64 * 64))))
+        smaller = (width * 3 // 4 // 64 * 64, height * 3 // 4 // 64 * 64)
+        out.append((f"a lower resolution, e.g. --resolution {smaller[0]},{smaller[1]} (or max_bucket_reso)",
+                    replace(s, resolution=smaller)))
     return out
 
 
@@ -257,9 +258,15 @@ def render_estimate(counts: ModelCounts, s: Settings, device_total: int | None, 
              f"{s.mixed_precision if s.mixed_precision != 'no' else 'fp32'}"
              f"{', gradient checkpointing' if s.gradient_checkpointing else ''}, {s.optimizer_type}; "
              f"{counts.lora_params / 1e6:.1f}M LoRA parameters)"]
-    lines += [f"  {what}: {gib(size)}" for what, size in est.parts if size]
+    lines.append(f"  training steps: {gib(est.training)}")
+    lines += [f"    {what}: {gib(size)}" for what, size in est.parts if size]
+    off = [what for what, cached in (("text encoders", s.cache_text_encoder_outputs), ("VAE", s.cache_latents))
+           if cached]
+    if off:
+        lines.append(f"    off the device once their outputs are cached: {' and '.join(off)}")
     if est.caching:
-        lines.append(f"  while caching (every frozen model on the device): {gib(est.caching)}")
+        lines.append(f"  caching (every frozen model on the device, VAE batch {s.vae_batch_size}): "
+                     f"{gib(est.caching)}")
     if device_total is None:
         return lines
     verdict = fit_verdict(est.peak, device_total)
@@ -270,10 +277,10 @@ def render_estimate(counts: ModelCounts, s: Settings, device_total: int | None, 
 
 
 def helpful(counts: ModelCounts, s: Settings) -> list[tuple[str, int]]:
-    """The suggestions that lower the estimated peak, with the peak each gives."""
+    """The suggestions that lower the estimated peak, with the peak each gives, the most effective first."""
     now = estimate(counts, s).peak
-    return [(advice, after) for advice, changed in suggestions(s)
-            if (after := estimate(counts, changed).peak) < now]
+    found = [(advice, estimate(counts, changed).peak) for advice, changed in suggestions(s)]
+    return sorted([(advice, after) for advice, after in found if after < now], key=lambda pair: pair[1])
 
 
 def fit_verdict(peak: int, total: int) -> str:
