@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from sdxl_lora.config.schema import NetworkConfig, RunConfig
-from sdxl_lora.train.memory import WATCH_STEPS, ModelCounts, Settings, near_limit_warning
+from sdxl_lora.train.memory import WATCH_STEPS, ModelCounts, Settings, estimate, near_limit_warning, render_estimate
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,14 @@ def settings_for(cfg: RunConfig, datasets: list[dict] | None = None) -> Settings
 def memory_report(cfg: RunConfig, datasets: list[dict]) -> dict:
     """`sdxl-lora check`'s memory section: the estimate's parts and peak in bytes, and the lines it prints
     (against the GPU when one is visible, with what to change when it does not fit)."""
-    from sdxl_lora.train.memory import estimate, render_estimate
+    from sdxl_lora.models.configs import SUBFOLDER, shipped_config
+    from sdxl_lora.models.errors import ModelLoadError
 
-    configs, source = source_configs(cfg.model.pretrained_model_name_or_path)
+    try:
+        configs, source = source_configs(cfg.model.pretrained_model_name_or_path)
+    except ModelLoadError as err:  # check validates the configuration; the model file is the loader's to judge
+        configs = {c: shipped_config(c) for c in SUBFOLDER}
+        source = f"SDXL base's configs: the model's own could not be read ({err})"
     counts = count_models(cfg.network, configs)
     settings = settings_for(cfg, datasets)
     total, name = None, ""
