@@ -247,7 +247,8 @@ def suggestions(s: Settings) -> list[tuple[str, Settings]]:
 
 
 def gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
+    """GiB with one decimal; MiB below 1 GiB, where a tenth of a GiB is too coarse."""
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
 
 
 def render_estimate(counts: ModelCounts, s: Settings, device_total: int | None, device_name: str = "") -> list[str]:

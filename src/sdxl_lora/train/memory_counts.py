@@ -131,6 +131,9 @@ def memory_report(cfg: RunConfig, datasets: list[dict]) -> dict:
     result = estimate(counts, settings)
     lines = render_estimate(counts, settings, total, name)
     lines.insert(1, f"  (models counted from {source}; docs/memory.md says what is counted and how)")
+    if cfg.network.lycoris is not None or (cfg.network.network_weights and cfg.network.dim_from_weights):
+        which = "LyCORIS" if cfg.network.lycoris is not None else "--dim_from_weights"
+        lines.insert(2, f"  ({which}: the network is counted as LoRA of the configured rank, approximately)")
     return {"peak_bytes": result.peak, "training_bytes": dict(result.parts), "caching_bytes": result.caching,
             "lora_parameters": counts.lora_params, "resolution": list(settings.resolution),
             "batch_size": settings.batch_size, "gpu_bytes": total, "lines": lines}
