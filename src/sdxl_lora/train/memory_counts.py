@@ -40,6 +40,7 @@ def source_configs(model_path: str) -> tuple[dict[str, dict], str]:
 def _single_file_configs(path: Path) -> dict[str, dict]:
     from sdxl_lora.models import configs as cfgs
     from sdxl_lora.models.checkpoint_io import open_checkpoint
+    from sdxl_lora.models.errors import ModelLoadError
     from sdxl_lora.models.single_file import FILE_PREFIX, group_keys, model_shapes
 
     with open_checkpoint(path) as ckpt:
@@ -48,7 +49,10 @@ def _single_file_configs(path: Path) -> dict[str, dict]:
             return recorded
         groups = group_keys(ckpt.keys)
         shapes = {c: model_shapes(ckpt, c, names, FILE_PREFIX[c]) for c, names in groups.items() if names}
-    configs = cfgs.infer_configs(shapes)
+    try:
+        configs = cfgs.infer_configs(shapes)
+    except KeyError as err:
+        raise ModelLoadError(f"{path}: cannot size the model from its tensors: {err} is missing") from None
     return {c: configs.get(c) or cfgs.shipped_config(c) for c in cfgs.SUBFOLDER}
 
 

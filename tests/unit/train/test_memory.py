@@ -154,6 +154,16 @@ def test_full_size_counts_from_the_shipped_configs():
     assert counts.fp8_weights["vae"] == 0
 
 
+def test_configs_of_a_single_file_are_the_folders_it_was_written_from(tiny_model_dir, tmp_path):
+    from sdxl_lora.models.folder import folder_configs
+    from sdxl_lora.models.single_file import write_single_file
+
+    path = write_single_file(tiny_model_dir, tmp_path / "tiny.safetensors")
+    configs, source = memory_counts.source_configs(str(path))
+    assert configs == folder_configs(tiny_model_dir) and source == "the file's header"
+    assert memory_counts.source_configs(str(tiny_model_dir)) == (configs, "the folder's configs")
+
+
 def test_near_limit_warning_with_fake_numbers():
     s = Settings(mixed_precision="bf16", gradient_checkpointing=True)
     gib = 2**30
