@@ -253,8 +253,11 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
     note(f"training: {shlex.join(flags) or '(no extra flags)'}")
     with Probe(opts.warmup, cuda) as probe, contextlib.redirect_stdout(sys.stderr):
         code = cli(argv)
-    if code != 0 or probe.result is None:
+    if code != 0:
         raise SystemExit(f"bench_train: the training run failed (exit status {code}); its messages are above")
+    if probe.result is None or probe.cfg is None:
+        raise SystemExit("bench_train: the CLI finished without calling sdxl_lora.train.loop.run or "
+                         "Events.step_done: the harness needs updating")
     peaks = dict(peak_host_mem=max(probe.peaks_before_steps[0], host_peak()), peak_host_mem_steps=host_peak(),
                  peak_gpu_mem=max(probe.peaks_before_steps[1], gpu_peak(cuda)) if cuda else None,
                  peak_gpu_mem_steps=gpu_peak(cuda) if cuda else None)
