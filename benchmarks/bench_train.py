@@ -283,7 +283,7 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
         fraction_of_peak=flops / s_per_step / (peak["peak_tflops"] * 1e12) if peak["peak_tflops"] else None,
         **peak, **peaks, **micro, step_times=[round(t, 6) for t in times],
         model=opts.model, device="cuda" if cuda else "cpu", resolution=opts.resolution, batch=opts.batch,
-        precision=opts.precision, flags=flags, steps=opts.steps, warmup=opts.warmup,
+        precision=cfg.model.mixed_precision, flags=flags, steps=opts.steps, warmup=opts.warmup,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps, threads=torch.get_num_threads(),
         load_average=[round(x, 2) for x in os.getloadavg()], torch=torch.__version__)
 
