@@ -33,6 +33,7 @@ def build_check(cfg: RunConfig) -> dict:
     saved when."""
     from sdxl_lora.data.plan import build_plan
     from sdxl_lora.data.report import dataset_report
+    from sdxl_lora.train.distributed import describe as describe_distributed
 
     plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
     steps = plan_steps(plan.batches_per_epoch, cfg.train.gradient_accumulation_steps,
@@ -55,6 +56,7 @@ def build_check(cfg: RunConfig) -> dict:
         "trains": {"unet": cfg.network.train_unet, "te1": cfg.network.train_text_encoder,
                    "te2": cfg.network.train_text_encoder},
         "saves": [{"when": "end of training", "path": str(cfg.save.output_dir / f"{name}.{cfg.save.save_model_as}")}],
+        "distributed": describe_distributed(cfg.distributed),
     }
 
 
@@ -90,6 +92,7 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
         f"trains LoRA on: {trains}",
     ]
     lines += [f"saves: {s['path']} at {s['when']}" for s in doc["saves"]]
+    lines += [f"distributed: {doc['distributed']}"] if doc["distributed"] else []
     return "\n".join(lines)
 
 

@@ -185,3 +185,24 @@ def full_parameters(params) -> Iterator[None]:
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         yield
+
+
+def describe(cfg: DistributedConfig) -> str | None:
+    """One line for `sdxl-lora check`: the DeepSpeed and DDP settings given (None when none is), and whether
+    DeepSpeed is installed here."""
+    parts = []
+    if cfg.deepspeed:
+        parts.append(f"DeepSpeed ZeRO stage {cfg.zero_stage}")
+        for kind, device, path in (("optimizer states", cfg.offload_optimizer_device, cfg.offload_optimizer_nvme_path),
+                                   ("parameters", cfg.offload_param_device, cfg.offload_param_nvme_path)):
+            if device:
+                parts.append(f"{kind} offloaded to {device}" + (f" ({path})" if device == "nvme" else ""))
+        if cfg.fp16_master_weights_and_gradients:
+            parts.append("fp16 master weights and gradients")
+        if importlib.util.find_spec("deepspeed") is None:
+            parts.append(f"DeepSpeed is not installed here: {INSTALL}")
+    if cfg.ddp_timeout_minutes:
+        parts.append(f"process-group timeout {cfg.ddp_timeout_minutes} min")
+    parts += [f"DDP {name}" for name, on in (("gradient_as_bucket_view", cfg.ddp_gradient_as_bucket_view),
+                                             ("static_graph", cfg.ddp_static_graph)) if on]
+    return "; ".join(parts) or None
