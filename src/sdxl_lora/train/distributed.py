@@ -21,7 +21,7 @@ from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.schema import DistributedConfig, RunConfig
 
 INSTALL = "pip install deepspeed (or pip install -e '.[deepspeed]'; docs/deepspeed.md)"
-LAUNCH = "accelerate launch --num_processes N sdxl_train_network.py ... (or torchrun / the deepspeed launcher)"
+LAUNCH = "accelerate launch --use_deepspeed --num_processes N sdxl_train_network.py ... (or torchrun)"
 
 
 def accelerator_kwargs(cfg: RunConfig, env: Mapping[str, str] = os.environ) -> dict:
@@ -66,8 +66,8 @@ def check_deepspeed(mixed_precision: str, env: Mapping[str, str] = os.environ) -
         raise ConfigError(f"--deepspeed: accelerate was also given a DeepSpeed config file ({config_file}); use "
                           "either that file (launch without --deepspeed) or the --deepspeed options")
     if env.get("LOCAL_RANK") is None or env.get("WORLD_SIZE") is None:
-        raise ConfigError(f"--deepspeed: start the run with a launcher, e.g. {LAUNCH}; DeepSpeed needs its "
-                          "LOCAL_RANK and WORLD_SIZE")
+        raise ConfigError(f"--deepspeed: start the run with a launcher that sets LOCAL_RANK and WORLD_SIZE, e.g. "
+                          f"{LAUNCH}")
     if mixed_precision in ("fp16", "bf16"):
         from deepspeed.accelerator import get_accelerator
 

@@ -137,8 +137,11 @@ def installed(monkeypatch):
 
 
 def test_a_run_without_a_launcher_is_refused(installed):
-    with pytest.raises(ConfigError, match=r"^--deepspeed: start the run with a launcher, e\.g\. accelerate launch"):
+    with pytest.raises(ConfigError) as err:
         check_deepspeed("no", {})
+    assert err.value.problems == [
+        "--deepspeed: start the run with a launcher that sets LOCAL_RANK and WORLD_SIZE, e.g. accelerate launch "
+        "--use_deepspeed --num_processes N sdxl_train_network.py ... (or torchrun)"]
 
 
 def test_accelerate_deepspeed_config_file_and_flags_are_not_mixed(installed):
@@ -220,3 +223,31 @@ def test_full_parameters_is_a_no_op_without_zero3():
     p = torch.nn.Parameter(torch.ones(3))
     with full_parameters([p]):
         assert p.shape == (3,)
+
+
+class _Device:
+    """DeepSpeed's accelerator object as on a CPU-only machine: bf16 yes, fp16 no."""
+
+    def is_fp16_supported(self):
+        return False
+
+    def is_bf16_supported(self):
+        return True
+
+    def device_name(self):
+        return "cpu"
+
+
+def test_a_precision_the_device_lacks_is_one_line_before_loading(installed, monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("deepspeed.accelerator")
+    fake.get_accelerator = _Device
+    monkeypatch.setitem(sys.modules, "deepspeed", types.ModuleType("deepspeed"))
+    monkeypatch.setitem(sys.modules, "deepspeed.accelerator", fake)
+    with pytest.raises(ConfigError) as err:
+        check_deepspeed("fp16", LAUNCHED)
+    assert err.value.problems == ["--deepspeed with --mixed_precision fp16: DeepSpeed's cpu accelerator does not "
+                                  "support fp16 on this machine"]
+    check_deepspeed("bf16", LAUNCHED)
