@@ -33,6 +33,7 @@ def build_check(cfg: RunConfig) -> dict:
     saved when, and the estimated peak GPU memory (train/memory.py)."""
     from sdxl_lora.data.plan import build_plan
     from sdxl_lora.data.report import dataset_report
+    from sdxl_lora.train.distributed import describe as describe_distributed
     from sdxl_lora.train.memory_counts import memory_report
 
     plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
@@ -57,6 +58,7 @@ def build_check(cfg: RunConfig) -> dict:
         "trains": {"unet": cfg.network.train_unet, "te1": cfg.network.train_text_encoder,
                    "te2": cfg.network.train_text_encoder},
         "saves": [{"when": "end of training", "path": str(cfg.save.output_dir / f"{name}.{cfg.save.save_model_as}")}],
+        "distributed": describe_distributed(cfg.distributed),
         "memory": memory_report(cfg, datasets),
     }
 
@@ -93,6 +95,7 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
         f"trains LoRA on: {trains}",
     ]
     lines += [f"saves: {s['path']} at {s['when']}" for s in doc["saves"]]
+    lines += [f"distributed: {doc['distributed']}"] if doc["distributed"] else []
     lines += doc["memory"]["lines"]
     return "\n".join(lines)
 
