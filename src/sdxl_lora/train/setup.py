@@ -10,6 +10,7 @@ import torch
 
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.models.text import tokenize
+from sdxl_lora.sample.schedule import sampling_enabled
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ def latent_source_for(cfg: RunConfig, vae, dataset, device, highvram: bool):
     # Without --highvram the device cache is cleared after each batch, as sd-scripts does.
     clear = torch.cuda.empty_cache if torch.cuda.is_available() and not highvram else None
     dataset.set_latents(build_latent_cache(dataset.latent_jobs(), encode, settings, after_batch=clear))
-    vae.to("cpu")
+    if sampling_enabled(cfg.sample):  # samples are decoded with it
+        vae.to("cpu")
+    else:
+        release(vae)
     return CachedLatents(vae.config.scaling_factor, device)
 
 
@@ -92,6 +96,21 @@ def auto_text_cache(cfg: RunConfig, dataset, settings, encoders) -> bool:
              "in memory before training (%.0f MiB), as --cache_text_encoder_outputs would", captions,
              cache_bytes / 2**20)
     return True
+
+
+def release_text_encoders(cfg: RunConfig, models, text_cache) -> None:
+    """Free the frozen text encoders once their outputs are cached, unless samples need them. After the network
+    is built: LoRA injection walks every model (LyCORIS too)."""
+    if text_cache is not None and not cfg.network.train_text_encoder and not sampling_enabled(cfg.sample):
+        release(models.text_encoder_1, models.text_encoder_2)
+
+
+def release(*modules) -> None:
+    """Free frozen weights nothing will read again: they become meta tensors (shape and dtype, no storage), so
+    the module objects stay valid while their memory, host or device, goes back. Moving them to "cpu" would
+    keep them in host memory (and is no move at all in a CPU run)."""
+    for module in modules:
+        module.to("meta")
 
 
 def text_source_for(cfg: RunConfig, te1, te2, device):
