@@ -94,3 +94,25 @@ def test_training_text_encoders_keep_them_live(tiny_model_dir, tmp_path, monkeyp
             if a != "--network_train_unet_only"]
     code, _ = train_keeping_result(argv)
     assert code == 0 and calls.encoded == 2
+
+
+def _device(module) -> str:
+    return next(module.parameters()).device.type
+
+
+def test_frozen_models_are_freed_once_their_outputs_are_cached_unless_samples_need_them(tiny_model_dir, tmp_path):
+    toml = _dataset(tmp_path)
+    code, freed = train_keeping_result(_argv(tiny_model_dir, toml, tmp_path / "freed", "--cache_latents",
+                                             "--max_train_steps=2"))
+    assert code == 0
+    assert {_device(m) for m in (freed.models.vae, freed.models.text_encoder_1, freed.models.text_encoder_2)} \
+        == {"meta"}
+    assert _device(freed.models.unet) == "cpu"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a test picture --w 64 --h 64 --s 2\n", encoding="utf-8")
+    code, kept = train_keeping_result(_argv(tiny_model_dir, toml, tmp_path / "kept", "--cache_latents",
+                                            "--max_train_steps=2", f"--sample_prompts={prompts}",
+                                            "--sample_every_n_steps=2"))
+    assert code == 0 and list((tmp_path / "kept" / "sample").glob("*.png"))
+    assert {_device(m) for m in (kept.models.vae, kept.models.text_encoder_1, kept.models.text_encoder_2)} \
+        == {"cpu"}

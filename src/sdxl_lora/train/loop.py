@@ -32,6 +32,7 @@ from sdxl_lora.train.setup import (
     data_loader,
     enable_gradient_checkpointing,
     latent_source_for,
+    release_text_encoders,
     text_cache_for,
     text_source_for,
 )
@@ -112,6 +113,7 @@ def run(cfg: RunConfig) -> RunResult:
     text_cache = text_cache_for(cfg, models, CacheGroup(dataset, valid), accelerator)
 
     handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
+    release_text_encoders(cfg, models, text_cache)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
     for params in trainable.values():
         for p in params:
