@@ -237,6 +237,7 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
         gradient_checkpointing=bool(v.get("gradient_checkpointing")),
         resume=Path(v["resume"]) if v.get("resume") else None, initial_epoch=v.get("initial_epoch"),
         initial_step=v.get("initial_step"), skip_until_initial_step=bool(v.get("skip_until_initial_step")),
+        torch_compile=bool(v.get("torch_compile")), dynamo_backend=(v.get("dynamo_backend") or "inductor").lower(),
     )
     save = SaveConfig(
         output_dir=Path(v["output_dir"]), output_name=v.get("output_name"),

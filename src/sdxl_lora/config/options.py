@@ -327,10 +327,12 @@ OPTIONS: tuple[Option, ...] = (
            help=f"xformers attention; {SDPA_ALWAYS} (xformers is not needed)"),
     Option("sdpa", TRAINING, "flag", False, status=WORKS,
            help=f"PyTorch scaled-dot-product attention; {SDPA_ALWAYS}"),
-    Option("torch_compile", TRAINING, "flag", False, roadmap=SPEED,
-           help="compile the models with torch.compile"),
-    Option("dynamo_backend", TRAINING, "str", "inductor", DYNAMO_BACKENDS, roadmap=SPEED,
-           help="torch.compile backend (with --torch_compile)"),
+    Option("torch_compile", TRAINING, "flag", False, roadmap=SPEED, status=WORKS,
+           help="compile the U-Net (LoRA included) with torch.compile; sizes are dynamic, so buckets and a short "
+                "last batch do not each compile again"),
+    Option("dynamo_backend", TRAINING, "str", "inductor", DYNAMO_BACKENDS, roadmap=SPEED, status=WORKS,
+           help="torch.compile backend with --torch_compile (one that this torch has: eager, aot_eager, "
+                "inductor, cudagraphs, ...)"),
     # Caching (spec 1.4, 1.5)
     Option("cache_latents", CACHING, "flag", False, status=WORKS,
            help="encode every image once, keep latents in memory"),

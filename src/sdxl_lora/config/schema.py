@@ -177,6 +177,10 @@ class TrainConfig:
     """Optimizer step to start at; wins over initial_epoch and the state's step."""
     skip_until_initial_step: bool = False
     """Skip the batches of the starting epoch that come before the initial step."""
+    torch_compile: bool = False
+    """Compile the U-Net (LoRA included) with torch.compile, shapes dynamic so buckets do not recompile."""
+    dynamo_backend: str = "inductor"
+    """torch.compile backend with torch_compile."""
 
 
 @dataclass(frozen=True)

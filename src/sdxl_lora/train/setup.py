@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.models.text import tokenize
 from sdxl_lora.sample.schedule import sampling_enabled
@@ -128,6 +129,28 @@ def enable_gradient_checkpointing(models, text_encoders: bool) -> None:
         for te in (models.text_encoder_1, models.text_encoder_2):
             te.gradient_checkpointing_enable()
             te.train()
+
+
+def compile_unet(unet, cfg: RunConfig) -> None:
+    """--torch_compile: compile the U-Net's forward in place (nn.Module.compile: its state dict keeps its names,
+    with no `_orig_mod.` prefix, and the LoRA layers inside it are compiled with it) with --dynamo_backend.
+    dynamic=True traces sizes as symbols from the first call, so each bucket and a short last batch reuse the
+    one compiled graph instead of compiling again."""
+    import torch._dynamo
+    import torch.fx.experimental._config
+
+    if not cfg.train.torch_compile:
+        return
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if cfg.train.dynamo_backend not in backends:
+        raise ConfigError(f"--dynamo_backend {cfg.train.dynamo_backend}: not a torch.compile backend of this torch "
+                          f"(it has: {', '.join(backends)})")
+    log.info("compiling the U-Net with torch.compile (backend %s, dynamic sizes); the first step takes longer",
+             cfg.train.dynamo_backend)
+    # Without this a square first bucket traces height == width and the first oblong bucket compiles again
+    # (process-wide; it only changes how sizes are traced).
+    torch.fx.experimental._config.use_duck_shape = False
+    unet.compile(backend=cfg.train.dynamo_backend, dynamic=True)
 
 
 def cpus() -> int:
