@@ -116,3 +116,33 @@ def test_frozen_models_are_freed_once_their_outputs_are_cached_unless_samples_ne
     assert code == 0 and list((tmp_path / "kept" / "sample").glob("*.png"))
     assert {_device(m) for m in (kept.models.vae, kept.models.text_encoder_1, kept.models.text_encoder_2)} \
         == {"cpu"}
+
+
+def test_torch_compile_trains_two_buckets_without_recompiling_and_saves_the_same_keys(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    """Two buckets of two images (128x128 and 160x96, batch 2): the second bucket's latents (20x12 after 16x16)
+    reuse the graph compiled for the first. (A batch of 1 would compile once more: torch specializes sizes 0
+    and 1.)"""
+    import torch._dynamo
+
+    images = make_images(tmp_path / "images", [(64, 64), (96, 64), (64, 64), (96, 64)])
+    toml = write_toml(tmp_path / "buckets.toml", (
+        "[general]\nenable_bucket = true\nmin_bucket_reso = 64\nmax_bucket_reso = 256\nbucket_reso_steps = 32\n"
+        "[[datasets]]\nresolution = 128\nbatch_size = 2\n"
+        f"  [[datasets.subsets]]\n  image_dir = '{images.as_posix()}'\n  caption_extension = '.txt'\n"))
+    # --seed 1 orders the square bucket first (a square first trace is the case that used to recompile).
+    argv = _argv(tiny_model_dir, toml, tmp_path / "plain", "--cache_latents", "--max_train_steps=4", "--seed=1")
+    code, plain = train_keeping_result(argv)
+    assert code == 0
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    compiled_argv = [*argv, "--torch_compile", "--dynamo_backend=eager"]
+    compiled_argv[2] = f"--output_dir={tmp_path / 'compiled'}"
+    code, compiled = train_keeping_result(compiled_argv)
+    assert code == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    ours = load_file(tmp_path / "compiled" / "lora.safetensors")
+    theirs = load_file(tmp_path / "plain" / "lora.safetensors")
+    assert ours.keys() == theirs.keys()
+    torch.testing.assert_close(compiled.losses, plain.losses, rtol=1e-4, atol=1e-6)

@@ -29,6 +29,7 @@ from sdxl_lora.train.save import RunSaver
 from sdxl_lora.train.schedule import final_name
 from sdxl_lora.train.schedulers import build_scheduler
 from sdxl_lora.train.setup import (
+    compile_unet,
     data_loader,
     enable_gradient_checkpointing,
     latent_source_for,
@@ -120,6 +121,7 @@ def run(cfg: RunConfig) -> RunResult:
             p.data = p.data.to(placement.network_dtype)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(models, cfg.network.train_text_encoder)
+    compile_unet(models.unet, cfg)  # --torch_compile: in place, with LoRA and checkpointing in it
 
     # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
     loader = data_loader(dataset, cfg)
