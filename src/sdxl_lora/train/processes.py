@@ -28,7 +28,7 @@ def refuse_unsupported(cfg: RunConfig, num_processes: int) -> None:
                           "LyCORIS networks train in one process only for now (launch one process)")
 
 
-def ignore_unused_parameters(te1, cfg: RunConfig) -> None:
+def ignore_unused_parameters(te1) -> None:
     """SDXL reads text encoder 1's penultimate hidden state, so LoRA on its last layer never gets a gradient; DDP
     would wait for it forever (or fail on the next step). DDP is told to leave those parameters alone: they keep
     their initial values, the same on every process (the seed is), as in one process where they never change."""
@@ -96,3 +96,10 @@ def report_agreement(accelerator, parameters) -> None:
     else:
         log.warning("the processes' LoRA weights differ (checksums %s): their gradients were not averaged",
                     ", ".join(f"{s:.12g}" for s in sums))
+
+
+def quiet_other_processes(accelerator) -> None:
+    """Only the main process logs information (the others would repeat each line); warnings come from all."""
+    if not accelerator.is_main_process:
+        package = logging.getLogger("sdxl_lora")
+        package.setLevel(max(package.getEffectiveLevel(), logging.WARNING))
