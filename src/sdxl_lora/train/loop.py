@@ -19,6 +19,7 @@ import torch
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.data.batch import Batch
 from sdxl_lora.models.text import tokenize
+from sdxl_lora.train import distributed
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train import noise as noise_math
 from sdxl_lora.train.check import check_classes, check_sample_prompts
@@ -97,9 +98,9 @@ def run(cfg: RunConfig) -> RunResult:
         cfg = resume_from_hub(cfg)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-                              **accelerator_kwargs(cfg.log))
+                              **accelerator_kwargs(cfg.log), **distributed.accelerator_kwargs(cfg))
     refuse_lone_copies(accelerator.num_processes)  # several launched processes that do not see each other
-    refuse_unsupported(cfg, accelerator.num_processes)
+    refuse_unsupported(cfg, accelerator)
     processes = accelerator.num_processes
     log.info("%d process%s (%s), this is process %d", processes, "es" if processes > 1 else "",
              accelerator.distributed_type, accelerator.process_index)
@@ -144,21 +145,22 @@ def run(cfg: RunConfig) -> RunResult:
     # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
     optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim),
                                 fp32_masters=cfg.model.full_fp16)
-    optimizer, loader = accelerator.prepare(optimizer, data_loader(dataset, cfg))
-    # The plan counts one process's batches after prepare (spec 1.10): global batches, the same on every process.
-    plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
+    # The plan counts one process's batches after prepare (spec 1.10): the loader holds each global batch once per
+    # process and accelerate hands each process its own items, so that is dataset.num_batches (checked below).
+    plan = plan_steps(dataset.num_batches, cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
                       cfg.train.max_train_epochs)
     dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
-    # The schedule counts optimizer steps (stepped by the loop, not by accelerate, which would step it once per
-    # process): warmup fractions are of the global step count, and a state resumes on another process count.
-    scheduler = build_scheduler(cfg.optim, getattr(optimizer, "optimizer", optimizer), plan.max_train_steps)
-    # Only models that train are prepared (DDP refuses a model without trainable parameters).
-    unet = accelerator.prepare(models.unet) if cfg.network.train_unet else models.unet
-    te1, te2 = models.text_encoder_1, models.text_encoder_2
-    if cfg.network.train_text_encoder:
-        if processes > 1:
-            ignore_unused_parameters(te1)
-        te1, te2 = accelerator.prepare(te1, te2)
+    # The schedule counts optimizer steps (the loop steps it, or DeepSpeed's engine; accelerate would step it once
+    # per process): warmup fractions are of the global step count, and a state resumes on another process count.
+    scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps)
+    if processes > 1 and cfg.network.train_text_encoder:
+        ignore_unused_parameters(models.text_encoder_1)
+    # Only models that train are prepared; with DeepSpeed together, in one engine with the optimizer.
+    unet, te1, te2, optimizer, loader, scheduler = distributed.prepare_models(
+        accelerator, cfg, models.unet, models.text_encoder_1, models.text_encoder_2, optimizer,
+        data_loader(dataset, cfg), scheduler, network=getattr(handles, "network", None))
+    if len(loader) != plan.batches_per_epoch:
+        raise RuntimeError(f"one process's loader has {len(loader)} batches, the plan {plan.batches_per_epoch}")
     _log_plan(plan, dataset, trainable, processes, cfg.train.gradient_accumulation_steps)
     text_source = text_cache or text_source_for(cfg, te1, te2, accelerator.device,
                                                 projection=accelerator.unwrap_model(te2).text_projection)

@@ -21,11 +21,16 @@ from sdxl_lora.config.schema import RunConfig
 log = logging.getLogger(__name__)
 
 
-def refuse_unsupported(cfg: RunConfig, num_processes: int) -> None:
+def refuse_unsupported(cfg: RunConfig, accelerator) -> None:
     """Combinations that several processes cannot train correctly yet, refused before any weight is read."""
-    if num_processes > 1 and cfg.network.network_module.startswith("lycoris"):
-        raise ConfigError(f"--network_module {cfg.network.network_module} with {num_processes} processes: "
-                          "LyCORIS networks train in one process only for now (launch one process)")
+    from accelerate.utils import DistributedType
+
+    processes = accelerator.num_processes
+    if (processes > 1 and cfg.network.network_module.startswith("lycoris")
+            and accelerator.distributed_type != DistributedType.DEEPSPEED):
+        raise ConfigError(f"--network_module {cfg.network.network_module} with {processes} processes: LyCORIS "
+                          "networks train in one process, or with --deepspeed, for now (DDP wraps the U-Net, and "
+                          "LyCORIS weights live outside it)")
 
 
 def ignore_unused_parameters(te1) -> None:
