@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sdxl-lora: error: {problem}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
-        if not err.quiet:  # several processes stop with the same reason; one of them says it
-            print(f"sdxl-lora: training stopped: {err}", file=sys.stderr)
+        print(f"sdxl-lora: training stopped: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sdxl-lora: interrupted", file=sys.stderr)

@@ -120,3 +120,21 @@ def test_a_launch_of_lone_copies_is_refused(runs, tiny_model_dir):
     codes = re.findall(r"exitcode\s*:\s*(\d+)", run.stderr)
     assert codes and set(codes) == {"2"}, run.stderr[-3000:]
     assert not (tmp / "lone").exists()
+
+
+def test_a_non_finite_loss_stops_both_processes_with_one_message(tmp_path, tiny_model_dir):
+    images = make_images(tmp_path / "img", [(64, 64)] * 4)
+    toml = write_toml(tmp_path / "bs1.toml", (
+        f"[[datasets]]\nresolution = 64\nbatch_size = 1\n  [[datasets.subsets]]\n  image_dir = '{images}'\n"
+        "  caption_extension = '.txt'\n"))
+    argv = [SCRIPT, "--pretrained_model_name_or_path", str(tiny_model_dir), "--dataset_config", str(toml),
+            "--output_dir", str(tmp_path / "out"), "--network_module", "networks.lora", "--network_dim", "2",
+            "--max_train_steps", "6", "--learning_rate", "1e12", "--optimizer_type", "SGDNesterov",
+            "--network_train_unet_only", "--seed", "0", "--max_data_loader_n_workers", "0"]
+    run = subprocess.run([*TWO_ON_CPU, *argv], capture_output=True, text=True,
+                         env=dict(ENV, ACCELERATE_USE_CPU="1"), timeout=600, cwd=tmp_path)
+    # Each process prints the same line (the launcher may stop one before it does) and exits 1.
+    ours = {line for line in run.stderr.splitlines() if line.startswith("sdxl-lora")}
+    assert len(ours) == 1 and ours.pop().startswith("sdxl-lora: training stopped: loss is not finite at step "), \
+        run.stderr[-3000:]
+    assert "1" in re.findall(r"exitcode\s*:\s*(-?\d+)", run.stderr), run.stderr[-3000:]

@@ -136,7 +136,7 @@ class Events:
             reason = diagnose_non_finite(pending.step, pending.paths, self.cfg,
                                          list(group_rates(pending.rates).values()))
             self.progress.finish("failed", error=reason)
-            raise TrainingDiverged(reason, quiet=not self.main) from None
+            raise TrainingDiverged(reason) from None  # the same reason on every process (global batch, mean loss)
         rates = {}
         for pending, value in read:
             rates = group_rates(pending.rates)
