@@ -234,11 +234,11 @@ def start_state(cfg: RunConfig, plan, handles, optimizer, scheduler, accelerator
 
 def refuse_other_global_batch(folder: Path, global_batch_sizes: tuple[int, ...], accelerator) -> None:
     """The state's position counts global batches: with another global batch it would point at other images.
-    Every process stops; the main one says why."""
+    Every process stops and says why (a launcher may stop the others as soon as one exits)."""
     saved = json.loads((folder / "train_state.json").read_text()).get("global_batch_sizes")
     if not saved or tuple(saved) == global_batch_sizes:
         return
-    raise ConfigError([] if not accelerator.is_main_process else [
+    raise ConfigError([
         f"--resume {folder}: saved with global batch sizes {saved} (batch_size x processes), this run has "
         f"{list(global_batch_sizes)} on {accelerator.num_processes} processes: its position would mean other "
         "images; keep batch_size x processes the same (e.g. set --train_batch_size or the dataset batch_size)"])
