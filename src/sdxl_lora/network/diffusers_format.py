@@ -10,14 +10,16 @@ diffusers would load every module at alpha = rank.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from sdxl_lora.common.files import atomic_folder
-from sdxl_lora.network.lora import LoraHandles, lora_layers
+from sdxl_lora.network.lora import LoraHandles, ModuleSpec, lora_layers
 
 PREFIX = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -38,11 +40,37 @@ def diffusers_state_dict(handles: LoraHandles, save_dtype: torch.dtype | None = 
     return state
 
 
+def _pattern(paths: list[str]) -> str:
+    """A peft rank/alpha pattern that matches exactly these module paths (peft anchors it at the end)."""
+    return "^(?:" + "|".join(re.escape(p) for p in paths) + ")"
+
+
+def lora_config(specs: list[ModuleSpec]):
+    """The peft LoraConfig diffusers rebuilds these modules from: the most common rank/alpha as defaults, the
+    others as rank_pattern / alpha_pattern."""
+    from peft import LoraConfig
+
+    rank = Counter(s.rank for s in specs).most_common(1)[0][0]
+    alpha = Counter(s.alpha for s in specs).most_common(1)[0][0]
+    by_rank: dict[int, list[str]] = {}
+    by_alpha: dict[float, list[str]] = {}
+    for s in specs:
+        if s.rank != rank:
+            by_rank.setdefault(s.rank, []).append(s.path)
+        if s.alpha != alpha:
+            by_alpha.setdefault(s.alpha, []).append(s.path)
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True,
+                      target_modules=[s.path for s in specs],
+                      rank_pattern={_pattern(p): r for r, p in by_rank.items()},
+                      alpha_pattern={_pattern(p): a for a, p in by_alpha.items()})
+
+
 def adapter_metadata(handles: LoraHandles) -> str:
     """The `lora_adapter_metadata` header value: each model's LoraConfig under its prefix, as diffusers writes it."""
     packed = {}
-    for component, model in handles.models.items():
-        for key, value in model.peft_config[handles.adapter_name].to_dict().items():
+    for component in handles.models:
+        specs = [s for s in handles.specs.values() if s.component == component]
+        for key, value in lora_config(specs).to_dict().items():
             packed[f"{PREFIX[component]}.{key}"] = sorted(value) if isinstance(value, set) else value
     return json.dumps(packed, indent=2, sort_keys=True, default=str)
 
