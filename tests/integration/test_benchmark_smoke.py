@@ -33,3 +33,38 @@ def test_fused_backward_benchmark_prints_one_json_line_per_variant_and_the_ratio
     assert SUMMARY_KEYS <= summary.keys()
     # Same seeds, no clipping: the fused pass trains the same LoRA as the plain loop.
     assert fused["lora_sum_of_squares"] == pytest.approx(plain["lora_sum_of_squares"], rel=1e-6)
+
+
+TRAIN_KEYS = {"s_per_step", "images_per_s", "flops_per_step", "fraction_of_peak", "peak_host_mem", "peak_gpu_mem",
+              "lora_overhead", "step_overhead", "model", "device", "resolution", "batch", "precision", "flags",
+              "steps", "step_times"}
+
+
+def _bench_train(*args: str) -> list[dict]:
+    # One torch thread: on a shared, busy machine two threads wait on each other at every small op.
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), *args],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def test_train_benchmark_runs_the_cli_on_the_tiny_model_and_prints_one_json_line():
+    (line,) = _bench_train("--steps", "2", "--resolution", "64", "--micro_rounds", "1", "--threads", "1")
+    assert TRAIN_KEYS <= line.keys()
+    assert line["model"] == "tiny" and line["device"] == "cpu" and line["resolution"] == 64 and line["batch"] == 1
+    assert line["steps"] == 2 and len(line["step_times"]) == 2 and line["flags"] == []
+    assert line["s_per_step"] > 0 and line["images_per_s"] == pytest.approx(1 / line["s_per_step"])
+    assert line["flops_per_step"] > 0 and line["peak_host_mem"] > 0
+    assert line["lora_overhead"] > 0 and line["step_overhead"] > 0
+    assert line["fraction_of_peak"] is None and line["peak_gpu_mem"] is None  # CPU, no --peak_tflops
+
+
+def test_train_benchmark_compares_two_option_sets_and_prints_the_ratio():
+    a, b, ratio = _bench_train("--steps", "1", "--warmup", "1", "--resolution", "64", "--batch", "2",
+                               "--no_overheads", "--peak_tflops", "1", "--rounds", "1", "--threads", "1",
+                               "--compare", "", "--cache_latents --cache_text_encoder_outputs")
+    assert (a["label"], b["label"], ratio["compare"]) == ("A", "B", "B/A")
+    assert a["flags"] == [] and b["flags"] == ["--cache_latents", "--cache_text_encoder_outputs"]
+    assert a["batch"] == b["batch"] == 2
+    assert ratio["s_per_step"] == pytest.approx(b["s_per_step"] / a["s_per_step"])
+    assert 0 < a["fraction_of_peak"] and a["lora_overhead"] is None

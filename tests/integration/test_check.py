@@ -79,3 +79,42 @@ def test_check_lists_the_dreambooth_folders_it_skipped(tmp_path, tiny_model_dir,
     doc = json.loads(capsys.readouterr().out)
     assert doc["skipped"] == [line]
     assert doc["num_train_images"] == 10
+
+
+def test_check_estimates_peak_gpu_memory_from_the_models_configs(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """The memory section, with no weight read: the U-Net's weights are its parameter count (read here from its
+    safetensors header) x 2 bytes in bf16; the LoRA count is worked out per transformer block of the tiny U-Net
+    (widths 64 and 128, transformer_layers_per_block (1, 2, 2), reversed for the up blocks, cross-attention 96):
+    28C + 2 x 96 per unit rank per block, 4C per proj_in/out pair. Width 64: 2 x 2 down + 3 x 2 up blocks in 5
+    models: 10 x 1,984 + 5 x 256 = 21,120; width 128: 2 x 2 down + 2 mid + 3 x 2 up blocks in 6 models:
+    12 x 3,776 + 6 x 512 = 48,384; sum 69,504 x rank 4 = 278,016."""
+    import math
+
+    from safetensors import safe_open
+
+    import sdxl_lora.models.load as load
+
+    monkeypatch.setattr(load, "load_sdxl", lambda *_: pytest.fail("check must not load the model"))
+    with safe_open(str(tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        unet_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    make_images(tmp_path / "train" / "1_cat", [(64, 64)])
+    argv = [f"--pretrained_model_name_or_path={tiny_model_dir}", f"--train_data_dir={tmp_path / 'train'}",
+            "--resolution=64", f"--output_dir={tmp_path / 'out'}", "--network_module=networks.lora",
+            "--network_dim=4", "--network_train_unet_only", "--mixed_precision=bf16", "--max_train_steps=2"]
+    assert main(["check", "--json", *argv]) == 0
+    memory = json.loads(capsys.readouterr().out)["memory"]
+    parts = memory["training_bytes"]
+    assert parts["U-Net weights"] == 2 * unet_params
+    assert memory["lora_parameters"] == 278_016 and parts["LoRA weights"] == 4 * 278_016
+    assert parts["optimizer state"] == 2 * 4 * 278_016  # AdamW: two float32 moments
+    assert memory["peak_bytes"] == max(sum(parts.values()), memory["caching_bytes"])
+    assert memory["resolution"] == [64, 64] and memory["batch_size"] == 1
+
+    assert main(["check", "--json", *argv, "--fp8_base"]) == 0
+    fp8 = json.loads(capsys.readouterr().out)["memory"]["training_bytes"]["U-Net weights"]
+    assert unet_params < fp8 < 2 * unet_params
+
+    assert main(["check", *argv, "--gradient_checkpointing"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated peak GPU memory: " in out and "gradient checkpointing, AdamW; 0.3M LoRA parameters" in out
+    assert "    U-Net weights: " in out and "  training steps: " in out

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sdxl_lora.config.dataset_toml import read_datasets
 from sdxl_lora.config.dataset_validate import validate_datasets
+from sdxl_lora.config.distributed_options import distributed_problems, distributed_warnings, zero_stage
 from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.hub_options import hub_problems, hub_warnings
 from sdxl_lora.config.logging_rules import (
@@ -30,6 +31,7 @@ from sdxl_lora.config.rules import check_dataset_rules, check_rules
 from sdxl_lora.config.sampling import sample_problems, sample_schedule, sample_warnings
 from sdxl_lora.config.schema import (
     DataConfig,
+    DistributedConfig,
     HubConfig,
     LogConfig,
     LossConfig,
@@ -56,7 +58,7 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
     """Validate parsed option values and return the frozen configuration, or raise ConfigError."""
     values, notes = normalize(values, given)
     problems = (unsupported_options(values) + check_rules(values) + hub_problems(values) + validation_problems(values)
-                + sample_problems(values))
+                + sample_problems(values) + distributed_problems(values))
     datasets, dataset_problems = read_datasets(_path_or_none(values.get("dataset_config")), values)
     problems += dataset_problems
     if datasets:
@@ -71,6 +73,7 @@ def build_run_config(values: dict, given: frozenset[str] = frozenset()) -> RunCo
         values.get("network_args"))
     warnings = lora_warnings + network_warnings(values) + lycoris_warnings(values) + optimizer_warnings(values)
     warnings += save_warnings(values) + hub_warnings(values) + validation_warnings(values, datasets)
+    warnings += distributed_warnings(values)
     for warning in warnings + sample_warnings(values):
         log.warning("%s", warning)
     for warning in logging_warnings(values):
@@ -247,7 +250,8 @@ def assemble(v: dict, datasets: tuple) -> RunConfig:
     )
     return RunConfig(model=model, network=network, data=data, optim=optim, train=train, save=save, args=dict(v),
                      noise=noise_config(v), loss=loss_config(v), validation=validation_config(v),
-                     log=logging_config(v), hub=hub_config(v), sample=sample_config(v))
+                     log=logging_config(v), hub=hub_config(v), sample=sample_config(v),
+                     distributed=distributed_config(v))
 
 
 def noise_config(v: dict) -> NoiseConfig:
@@ -336,6 +340,25 @@ def hub_config(v: dict) -> HubConfig:
         token=v.get("huggingface_token") or None, visibility=v.get("huggingface_repo_visibility") or None,
         save_state_to_huggingface=bool(v.get("save_state_to_huggingface")),
         resume_from_huggingface=bool(v.get("resume_from_huggingface")), async_upload=bool(v.get("async_upload")),
+    )
+
+
+def distributed_config(v: dict) -> DistributedConfig:
+    """DDP and DeepSpeed options (spec 1.8, 1.15); DeepSpeed settings are kept only with --deepspeed (without it
+    they were warned about and do nothing)."""
+    ddp = {"ddp_timeout_minutes": v.get("ddp_timeout"),
+           "ddp_gradient_as_bucket_view": bool(v.get("ddp_gradient_as_bucket_view")),
+           "ddp_static_graph": bool(v.get("ddp_static_graph"))}
+    if not v.get("deepspeed"):
+        return DistributedConfig(**ddp)
+    return DistributedConfig(
+        **ddp, deepspeed=True, zero_stage=zero_stage(v),
+        offload_optimizer_device=v.get("offload_optimizer_device") or None,
+        offload_optimizer_nvme_path=v.get("offload_optimizer_nvme_path") or None,
+        offload_param_device=v.get("offload_param_device") or None,
+        offload_param_nvme_path=v.get("offload_param_nvme_path") or None,
+        zero3_save_16bit_model=bool(v.get("zero3_save_16bit_model")),
+        fp16_master_weights_and_gradients=bool(v.get("fp16_master_weights_and_gradients")),
     )
 
 

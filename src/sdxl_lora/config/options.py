@@ -446,10 +446,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("skip_bad_files", OTHERS, "flag", False, status=WORKS,
            help="not in sd-scripts: leave unreadable or truncated images, empty captions, too-small images and "
                 "mismatched masks out of training (listed in a warning) instead of stopping"),
-    Option("ddp_timeout", OTHERS, "int", None, roadmap=MULTI, help="process-group timeout in minutes"),
-    Option("ddp_gradient_as_bucket_view", OTHERS, "flag", False, roadmap=MULTI,
-           help="DDP gradient_as_bucket_view"),
-    Option("ddp_static_graph", OTHERS, "flag", False, roadmap=MULTI, help="DDP static_graph"),
+    Option("ddp_timeout", OTHERS, "int", None, roadmap=MULTI, status=WORKS,
+           help="process-group timeout in minutes (accelerate InitProcessGroupKwargs); sd-scripts applies it only "
+                "with more than one CUDA device, here whenever a process group is created"),
+    Option("ddp_gradient_as_bucket_view", OTHERS, "flag", False, roadmap=MULTI, status=WORKS,
+           help="DDP gradient_as_bucket_view: gradients share the all-reduce buckets' memory"),
+    Option("ddp_static_graph", OTHERS, "flag", False, roadmap=MULTI, status=WORKS,
+           help="DDP static_graph: the same parameters get gradients every step"),
     # Metadata (spec 1.3, 4)
     Option("no_metadata", METADATA, "flag", False, roadmap=LORA, status=WORKS,
            help="write only the minimum ss_* metadata"),
@@ -485,21 +488,28 @@ OPTIONS: tuple[Option, ...] = (
            help="write the non-default options to the --config_file path (must not exist) and exit;"
                 " an error without --config_file (sd-scripts ignores it)"),
     # DeepSpeed (spec 1.15)
-    Option("deepspeed", DEEPSPEED, "flag", False, roadmap=MULTI, help="train with DeepSpeed"),
-    Option("zero_stage", DEEPSPEED, "int", 2, (0, 1, 2, 3), roadmap=MULTI, help="DeepSpeed ZeRO stage"),
-    Option("offload_optimizer_device", DEEPSPEED, "str", None, ("cpu", "nvme"), roadmap=MULTI,
-           help="where DeepSpeed offloads optimizer states"),
-    Option("offload_optimizer_nvme_path", DEEPSPEED, "str", None, roadmap=MULTI,
-           help="NVMe path for optimizer offload"),
-    Option("offload_param_device", DEEPSPEED, "str", None, ("cpu", "nvme"), roadmap=MULTI,
-           help="where DeepSpeed offloads parameters"),
-    Option("offload_param_nvme_path", DEEPSPEED, "str", None, roadmap=MULTI,
-           help="NVMe path for parameter offload"),
-    Option("zero3_init_flag", DEEPSPEED, "flag", False, roadmap=MULTI, help="deepspeed.zero.Init for ZeRO-3"),
-    Option("zero3_save_16bit_model", DEEPSPEED, "flag", False, roadmap=MULTI,
-           help="gather a 16-bit model when saving with ZeRO-3"),
-    Option("fp16_master_weights_and_gradients", DEEPSPEED, "flag", False, roadmap=MULTI,
-           help="fp16 master weights and gradients in DeepSpeed"),
+    Option("deepspeed", DEEPSPEED, "flag", False, roadmap=MULTI, status=WORKS,
+           help="train through DeepSpeed (pip install -e '.[deepspeed]'; start with accelerate launch; "
+                "docs/deepspeed.md); no --save_state/--resume yet"),
+    Option("zero_stage", DEEPSPEED, "int", 2, (0, 1, 2, 3), roadmap=MULTI, status=WORKS,
+           help="ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also parameters"),
+    Option("offload_optimizer_device", DEEPSPEED, "str", None, ("cpu", "nvme"), roadmap=MULTI, status=WORKS,
+           help="keep optimizer states on the CPU (ZeRO 1-3) or NVMe (ZeRO 3); steps with DeepSpeed's CPU Adam, "
+                "so --optimizer_type AdamW or Adam only"),
+    Option("offload_optimizer_nvme_path", DEEPSPEED, "str", None, roadmap=MULTI, status=WORKS,
+           help="folder on the NVMe drive for --offload_optimizer_device nvme"),
+    Option("offload_param_device", DEEPSPEED, "str", None, ("cpu", "nvme"), roadmap=MULTI, status=WORKS,
+           help="keep parameters on the CPU or NVMe (ZeRO 3)"),
+    Option("offload_param_nvme_path", DEEPSPEED, "str", None, roadmap=MULTI, status=WORKS,
+           help="folder on the NVMe drive for --offload_param_device nvme"),
+    Option("zero3_init_flag", DEEPSPEED, "flag", False, roadmap=MULTI, status=WORKS,
+           help="accepted with a warning (ZeRO 3): the base weights are loaded whole, then partitioned when "
+                "prepared, so deepspeed.zero.Init is not used"),
+    Option("zero3_save_16bit_model", DEEPSPEED, "flag", False, roadmap=MULTI, status=WORKS,
+           help="ZeRO 3: stage3_gather_16bit_weights_on_model_save (LoRA files are gathered whole either way)"),
+    Option("fp16_master_weights_and_gradients", DEEPSPEED, "flag", False, roadmap=MULTI, status=WORKS,
+           help="fp16 master weights and gradients (needs --mixed_precision fp16, --zero_stage 2, "
+                "--offload_optimizer_device cpu)"),
     # Console logging (spec 1.1)
     Option("console_log_level", CONSOLE, "str", None, ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
            status=WORKS, help="console log level (INFO when unset)"),

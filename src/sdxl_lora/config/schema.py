@@ -291,6 +291,8 @@ class RunConfig:
     """Hugging Face Hub upload and resume."""
     sample: SampleConfig = field(default_factory=lambda: SampleConfig())
     """Sample images during training."""
+    distributed: DistributedConfig = field(default_factory=lambda: DistributedConfig())
+    """Process-group and DDP settings, and DeepSpeed."""
 
 
 @dataclass(frozen=True)
@@ -372,3 +374,31 @@ class SampleConfig:
     """Sample before the first step (files named e000000)."""
     sampler: str = "euler_a"
     """Sampler of prompts that name none (sd-scripts' default is ddim)."""
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Process-group and DDP settings (spec 1.8), and DeepSpeed through accelerate's plugin (spec 1.15)."""
+
+    ddp_timeout_minutes: int | None = None
+    """--ddp_timeout: process-group timeout in minutes; None keeps torch's default."""
+    ddp_gradient_as_bucket_view: bool = False
+    """DDP gradient_as_bucket_view: gradients are views into the all-reduce buckets (less memory)."""
+    ddp_static_graph: bool = False
+    """DDP static_graph: the set of parameters that get gradients is the same every step."""
+    deepspeed: bool = False
+    """Train through DeepSpeed (the trained models wrapped in one module and prepared together)."""
+    zero_stage: int = 2
+    """ZeRO stage: 0 off, 1 optimizer states, 2 + gradients, 3 + parameters partitioned over processes."""
+    offload_optimizer_device: str | None = None
+    """None, 'cpu' or 'nvme': where ZeRO keeps optimizer states (the optimizer becomes DeepSpeed's CPU Adam)."""
+    offload_optimizer_nvme_path: str | None = None
+    """Folder for optimizer states with offload_optimizer_device 'nvme'."""
+    offload_param_device: str | None = None
+    """None, 'cpu' or 'nvme': where ZeRO-3 keeps parameters."""
+    offload_param_nvme_path: str | None = None
+    """Folder for parameters with offload_param_device 'nvme'."""
+    zero3_save_16bit_model: bool = False
+    """ZeRO-3: stage3_gather_16bit_weights_on_model_save (whole 16-bit weights when accelerate saves a model)."""
+    fp16_master_weights_and_gradients: bool = False
+    """fp16 master weights and gradients (ZeRO-2 with CPU optimizer offload and fp16 mixed precision only)."""

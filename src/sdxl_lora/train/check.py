@@ -30,17 +30,20 @@ def build_check(cfg: RunConfig) -> dict:
     """The plan as one JSON-ready document: datasets (images, repeats, buckets, per-image conditioning, per subset
     the processed captions of the first epoch for a few images), what
     was skipped (folders without a repeat count, duplicate subsets), steps, epochs, what trains and what is
-    saved when."""
+    saved when, and the estimated peak GPU memory (train/memory.py)."""
     from sdxl_lora.data.plan import build_plan
     from sdxl_lora.data.report import dataset_report
+    from sdxl_lora.train.distributed import describe as describe_distributed
+    from sdxl_lora.train.memory_counts import memory_report
 
     plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
     steps = plan_steps(plan.batches_per_epoch, cfg.train.gradient_accumulation_steps,
                        cfg.train.max_train_steps, cfg.train.max_train_epochs)
     name = cfg.save.output_name or "last"
+    datasets = dataset_report(plan, seed=cfg.train.seed, max_train_steps=steps.max_train_steps,
+                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     return {
-        "datasets": dataset_report(plan, seed=cfg.train.seed, max_train_steps=steps.max_train_steps,
-                                   gradient_accumulation_steps=cfg.train.gradient_accumulation_steps),
+        "datasets": datasets,
         "skipped": [line for dataset in cfg.data.datasets for line in dataset.skipped],
         "num_train_images": sum(d.num_train_images for d in plan.datasets),
         "num_reg_images": sum(d.num_reg_images for d in plan.datasets),
@@ -55,6 +58,8 @@ def build_check(cfg: RunConfig) -> dict:
         "trains": {"unet": cfg.network.train_unet, "te1": cfg.network.train_text_encoder,
                    "te2": cfg.network.train_text_encoder},
         "saves": [{"when": "end of training", "path": str(cfg.save.output_dir / f"{name}.{cfg.save.save_model_as}")}],
+        "distributed": describe_distributed(cfg.distributed),
+        "memory": memory_report(cfg, datasets),
     }
 
 
@@ -90,6 +95,8 @@ def render_plan(cfg: RunConfig, *, as_json: bool = False) -> str:
         f"trains LoRA on: {trains}",
     ]
     lines += [f"saves: {s['path']} at {s['when']}" for s in doc["saves"]]
+    lines += [f"distributed: {doc['distributed']}"] if doc["distributed"] else []
+    lines += doc["memory"]["lines"]
     return "\n".join(lines)
 
 

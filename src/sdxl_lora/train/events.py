@@ -18,6 +18,7 @@ from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.sample.generate import own_prompts
 from sdxl_lora.sample.schedule import sample_due_at_epoch, sample_due_at_first, sample_due_at_step
 from sdxl_lora.train.errors import TrainingDiverged
+from sdxl_lora.train.memory_counts import MemoryWatch
 from sdxl_lora.train.progress import LossMeter, NonFiniteLoss, Progress
 from sdxl_lora.train.schedule import due_at_epoch, due_at_step
 from sdxl_lora.train.state import TrainState, write_state
@@ -56,6 +57,11 @@ class Events:
     written: list[Path] = field(default_factory=list)
     validation_losses: list[tuple[int, float]] = field(default_factory=list)
     """(step, validation loss) of every validation run."""
+    memory: MemoryWatch = field(init=False)
+    """Reads the real peak GPU memory in the first steps; warns once when it is within 5% of the card."""
+
+    def __post_init__(self) -> None:
+        self.memory = MemoryWatch(self.cfg)
 
     @property
     def main(self) -> bool:
@@ -74,6 +80,7 @@ class Events:
         self.meter.add(state.step, loss, rates, paths, epoch=state.epoch,
                        step_in_epoch=(state.batch - 1) // self.cfg.train.gradient_accumulation_steps)
         self.progress.advance(state.step, state.epoch)
+        self.memory.after_step(state.step, self.accelerator.device)
         if due_at_step(self.saver.schedule.models, state.step):
             self.save(self.saver.at_step, state, state.step, state.epoch)
         elif self.meter.due():

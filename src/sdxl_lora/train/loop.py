@@ -18,6 +18,7 @@ import torch
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.data.batch import Batch
 from sdxl_lora.models.text import tokenize
+from sdxl_lora.train import distributed
 from sdxl_lora.train import loss as losses
 from sdxl_lora.train import noise as noise_math
 from sdxl_lora.train.check import check_classes, check_sample_prompts
@@ -85,7 +86,7 @@ def run(cfg: RunConfig) -> RunResult:
         cfg = resume_from_hub(cfg)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-                              **accelerator_kwargs(cfg.log))
+                              **accelerator_kwargs(cfg.log), **distributed.accelerator_kwargs(cfg))
     set_seed(cfg.train.seed)
 
     # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
@@ -126,12 +127,10 @@ def run(cfg: RunConfig) -> RunResult:
     optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim),
                                 fp32_masters=cfg.model.full_fp16)
     scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes)
-    optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
-    # Only models that train are prepared (DDP refuses a model without trainable parameters).
-    unet = accelerator.prepare(models.unet) if cfg.network.train_unet else models.unet
-    te1, te2 = models.text_encoder_1, models.text_encoder_2
-    if cfg.network.train_text_encoder:
-        te1, te2 = accelerator.prepare(te1, te2)
+    # Only models that train are prepared; with DeepSpeed together, in one engine with the optimizer.
+    unet, te1, te2, optimizer, loader, scheduler = distributed.prepare_models(
+        accelerator, cfg, models.unet, models.text_encoder_1, models.text_encoder_2, optimizer, loader, scheduler,
+        network=getattr(handles, "network", None))
     _log_plan(plan, dataset, trainable)
     text_source = text_cache or text_source_for(cfg, te1, te2, accelerator.device)
 

@@ -128,6 +128,13 @@ class RunSaver:
                           model_hashes=hashes)
 
     def _save(self, name: str, steps: int, epoch: int) -> Path:
+        from sdxl_lora.train.distributed import full_parameters
+
+        # ZeRO-3 partitions the LoRA weights over the processes: whole while they are read and written.
+        with full_parameters(p for c in self.handles.models for p in self.handles.parameters(c)):
+            return self._write(name, steps, epoch)
+
+    def _write(self, name: str, steps: int, epoch: int) -> Path:
         from sdxl_lora.network.diffusers_format import diffusers_state_dict, save_diffusers_folder
         from sdxl_lora.network.kohya import kohya_state_dict, save_lora_file
 
