@@ -12,7 +12,7 @@ import logging
 import sys
 
 from sdxl_lora.config.errors import ConfigError, UserInputError
-from sdxl_lora.runtime import needs_bitsandbytes, optional_imports_off, quiet_libraries, refuse_several_processes
+from sdxl_lora.runtime import needs_bitsandbytes, optional_imports_off, quiet_libraries
 from sdxl_lora.train.errors import TrainingDiverged
 
 COMMANDS = ("train", "check", "tiny-model", "convert")
@@ -45,8 +45,6 @@ def _train_or_check(command: str, argv: list[str]) -> int:
     from sdxl_lora.config.build import build_run_config
     from sdxl_lora.config.parser import parse_command_line, write_output_config
 
-    if command == "train":
-        refuse_several_processes()
     as_json = command == "check" and "--json" in argv
     if as_json:
         argv = [a for a in argv if a != "--json"]

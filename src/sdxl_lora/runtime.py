@@ -1,5 +1,5 @@
-"""Process-level set-up a command does before the heavy libraries load: one process only (until distributed
-training exists), no optional imports nobody asked for, and no library chatter. Called by cli and the demo."""
+"""Process-level set-up of a command: no optional imports nobody asked for, no library chatter, and the refusal of
+a multi-process launch whose processes do not see each other. Called by cli, the demo and the training loop."""
 
 from __future__ import annotations
 
@@ -13,19 +13,21 @@ from sdxl_lora.config.errors import ConfigError
 
 # The process-count variables accelerate reads (torchrun / accelerate launch --multi_gpu, then MPI launchers).
 WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
 
-def refuse_several_processes() -> None:
-    """Distributed training does not exist yet: a launch of more than one process stops before anything is read
-    (steps, text_projection and NaN handling all assume one process). Every process exits 2; only rank 0 prints."""
-    name, size = next(((v, os.environ[v]) for v in WORLD_SIZE_VARS if os.environ.get(v, "").strip()), ("", "1"))
-    if not size.strip().isdigit() or int(size) <= 1:
+def refuse_lone_copies(num_processes: int, environ: dict | None = None) -> None:
+    """A launcher started several processes but accelerate made each of them a world of its own (`accelerate
+    launch --multi_gpu` on a machine without GPUs: every process trains alone, the same LoRA N times, and they
+    overwrite each other's files). Called once the Accelerator exists; every process says why and exits 2 (a
+    launcher may stop the others as soon as one exits, so each one says it)."""
+    environ = os.environ if environ is None else environ
+    name, size = next(((v, environ[v]) for v in WORLD_SIZE_VARS if environ.get(v, "").strip()), ("", "1"))
+    if num_processes > 1 or not size.strip().isdigit() or int(size) <= 1:
         return
-    rank = next((os.environ[v] for v in RANK_VARS if os.environ.get(v, "").strip()), "0")
-    raise ConfigError([] if rank.strip() != "0" else [
-        f"{size} processes were launched ({name}={size}); distributed training is not supported yet: "
-        "launch one process (accelerate launch --num_processes 1, or python sdxl_train_network.py)"])
+    raise ConfigError([
+        f"{size} processes were launched ({name}={size}) but each one trains alone (world size 1): no GPU "
+        "was found for --multi_gpu; check the GPUs (nvidia-smi), or on CPU launch with ACCELERATE_USE_CPU=1 "
+        "(ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ..., or torchrun)"])
 
 
 def quiet_libraries(verbose: bool = False) -> None:

@@ -11,6 +11,36 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 
+def shard_rows(size: int, rank: int, processes: int) -> tuple[int, ...]:
+    """Rows of a global batch of `size` samples that process `rank` of `processes` trains: contiguous slices,
+    the first `size % processes` processes one row more (10 over 4: 3, 3, 2, 2); empty when size < processes."""
+    base, extra = divmod(size, processes)
+    start = rank * base + min(rank, extra)
+    return tuple(range(start, start + base + (rank < extra)))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A process's part of a global batch (several processes): the global batch is what one process with
+    batch_size x processes would train, and every process holds some of its rows."""
+
+    rows: tuple[int, ...]
+    """Row in the global batch of each sample here; a process left without a row holds row 0 again, with loss
+    weight 0 (every process must run the model each step, or DDP waits for it)."""
+    size: int
+    """Samples in the global batch."""
+    processes: int
+    paths: tuple[str, ...]
+    """Every image of the global batch, in row order (named when the loss is not finite)."""
+
+    @property
+    def loss_scale(self) -> float:
+        """Factor on this process's mean loss so that the mean of the processes' gradients (what DDP applies)
+        is the gradient of the mean loss over the global batch: processes x rows here / size. Exact for uneven
+        shards: sum_r (P/N) n_r mean_r = P/N sum_i l_i, averaged over P processes gives mean_i l_i."""
+        return self.processes * len(self.rows) / self.size
+
+
 @dataclass(frozen=True)
 class Batch:
     """B images of one bucket (height H, width W), with captions, tokens and SDXL size conditioning."""
@@ -42,6 +72,8 @@ class Batch:
     """(B, H, W) float32 in [0, 1] loss masks (alpha_mask or conditioning_data_dir); None without masks."""
     custom_attributes: list[dict] | None = None
     """Each sample's subset custom_attributes."""
+    shard: Shard | None = None
+    """Where these samples sit in the global batch with several processes; None: the batch is whole."""
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -19,7 +19,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from sdxl_lora.config.dataset_toml import DatasetConfig
 from sdxl_lora.data import metadata
-from sdxl_lora.data.batch import Batch
+from sdxl_lora.data.batch import Batch, Shard, shard_rows
 from sdxl_lora.data.buckets import Size, centre_offset, crop_top_left
 from sdxl_lora.data.captions import is_fixed, process_caption
 from sdxl_lora.data.images import crop_offset, face_box, face_crop_window, prepare_image, prepare_mask
@@ -36,13 +36,17 @@ class TrainDataset(Dataset):
     """One dataset's batches; `set_epoch` reshuffles them like sd-scripts (seeded by seed + epoch)."""
 
     def __init__(self, plan: DatasetPlan, *, seed: int, prior_loss_weight: float = 1.0,
-                 latents: Mapping[LatentKey, torch.Tensor] | None = None, tokenize: Tokenize | None = None):
+                 latents: Mapping[LatentKey, torch.Tensor] | None = None, tokenize: Tokenize | None = None,
+                 processes: int = 1):
         self.plan = plan
         self.tokenize = tokenize
         self.seed = seed
         self.prior_loss_weight = prior_loss_weight
         self.latents = latents
-        self.batch_size = plan.config.batch_size
+        # With several processes a batch is the global one (batch_size x processes), formed exactly as one
+        # process with that batch size would; each process then trains its shard of it (batch(part=...)).
+        self.processes = processes
+        self.batch_size = plan.config.batch_size * processes
         members: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(plan.images):
             members.setdefault(image.bucket, []).extend([index] * image.repeats)
@@ -174,15 +178,19 @@ class TrainDataset(Dataset):
                                 step=step, max_train_steps=self.max_train_steps)
                 for image in self.batch_images(index)]
 
-    def batch(self, index: int, step: int) -> Batch:
+    def batch(self, index: int, step: int, rank: int = 0) -> Batch:
         """Batch `index` of the current epoch, captions as at optimizer step `step` (token warmup); tokenized
-        here, in the loader worker, when the dataset has a tokenizer."""
-        images = self.batch_images(index)
-        # One generator per batch: flips and crops do not depend on DataLoader worker scheduling.
-        rng = random.Random(f"{self.seed}:{self._epoch.value}:{index}")
-        captions = self.captions(index, step)
+        here, in the loader worker, when the dataset has a tokenizer. With several processes, process `rank`'s
+        shard of it (data.batch.shard_rows); a process left without a row gets row 0 with loss weight 0."""
+        everything = self.batch_images(index)
+        all_captions = self.captions(index, step)
+        rows = shard_rows(len(everything), rank, self.processes)
+        images, captions = [everything[i] for i in rows or (0,)], [all_captions[i] for i in rows or (0,)]
         pixels, latents, masks, crops, keys = [], [], [], [], []
-        for image in images:
+        for row, image in zip(rows or (0,), images, strict=True):
+            # One generator per image and position: flips and crops depend neither on DataLoader worker
+            # scheduling nor on which process trains the image.
+            rng = random.Random(f"{self.seed}:{self._epoch.value}:{index}:{row}")
             subset = self.plan.config.subsets[image.subset_index]
             flip = subset.flip_aug and rng.random() < 0.5
             resized, crop = self._window(image, rng)
@@ -205,12 +213,15 @@ class TrainDataset(Dataset):
             original_size_hw=torch.tensor([(i.original_size[1], i.original_size[0]) for i in images]),
             crop_top_left=torch.tensor(crops, dtype=torch.long),
             target_size_hw=torch.tensor([(i.bucket[1], i.bucket[0]) for i in images]),
-            loss_weights=torch.tensor([self.prior_loss_weight if i.is_reg else 1.0 for i in images]),
+            loss_weights=torch.tensor([(self.prior_loss_weight if i.is_reg else 1.0) if rows else 0.0
+                                       for i in images]),
             input_ids_1=ids_1, input_ids_2=ids_2,
             images=torch.stack(pixels) if self.latents is None else None,
             latents=torch.stack(latents) if self.latents is not None else None,
             masks=_stack_masks(masks, images[0].bucket),
             custom_attributes=[dict(self.plan.config.subsets[i.subset_index].custom_attributes) for i in images],
+            shard=Shard(rows or (0,), len(everything), self.processes, tuple(i.path for i in everything))
+            if self.processes > 1 else None,
         )
 
 
@@ -241,9 +252,10 @@ class TrainDatasets(ConcatDataset):
 
     datasets: list[TrainDataset]
 
-    def __init__(self, datasets: list[TrainDataset], *, seed: int):
+    def __init__(self, datasets: list[TrainDataset], *, seed: int, processes: int = 1):
         super().__init__(datasets)
         self.seed = seed
+        self.processes = processes
         # Shared with DataLoader workers, so that set_epoch reaches persistent workers too.
         self._epoch = multiprocessing.RawValue("i", 0)
         self._order_epoch: int | None = None
@@ -257,10 +269,23 @@ class TrainDatasets(ConcatDataset):
             self._pairs, self._order_epoch = pairs, epoch
         return self._pairs
 
+    @property
+    def num_batches(self) -> int:
+        """Batches per epoch (global batches with several processes)."""
+        return sum(len(dataset) for dataset in self.datasets)
+
+    def __len__(self) -> int:
+        """Items per epoch: each global batch once per process. accelerate's loader sharding hands process r
+        items r, r + P, r + 2P...: that is its shard of every global batch, in order (see __getitem__)."""
+        return self.num_batches * self.processes
+
     def __getitem__(self, index: int) -> Batch:
-        d, j = self.batch_order()[index]
+        """Item `index`: shard `index % processes` of global batch `index // processes`."""
+        position, rank = divmod(index, self.processes)
+        d, j = self.batch_order()[position]
         accumulation = self.datasets[d].accumulation
-        return self.datasets[d].batch(j, step=(self._epoch.value * len(self) + index) // accumulation)
+        return self.datasets[d].batch(j, step=(self._epoch.value * self.num_batches + position) // accumulation,
+                                      rank=rank)
 
     def set_schedule(self, max_train_steps: int, gradient_accumulation_steps: int = 1) -> None:
         """The run's length and accumulation, for token warmup."""
@@ -275,7 +300,7 @@ class TrainDatasets(ConcatDataset):
                      if s.num_repeats > 0)
         for index, (d, j) in enumerate(self.batch_order()):
             dataset = self.datasets[d]
-            step = (self._epoch.value * len(self) + index) // dataset.accumulation
+            step = (self._epoch.value * self.num_batches + index) // dataset.accumulation
             for image, caption in zip(dataset.batch_images(j), dataset.captions(j, step), strict=True):
                 shown = preview[d][image.subset_index]
                 if len(shown) < per_subset and all(e["path"] != image.path for e in shown):
@@ -363,21 +388,25 @@ def batch_order_seed(seed: int) -> int:
 
 def build_train_dataset(plan: Plan | tuple[DatasetConfig, ...], *, seed: int, prior_loss_weight: float = 1.0,
                         latents: Mapping[LatentKey, torch.Tensor] | None = None,
-                        tokenize: Tokenize | None = None) -> TrainDatasets:
-    """One TrainDataset per planned dataset, concatenated. Given configs, plans them first (build_plan)."""
+                        tokenize: Tokenize | None = None, processes: int = 1) -> TrainDatasets:
+    """One TrainDataset per planned dataset, concatenated. Given configs, plans them first (build_plan). With
+    `processes` > 1 its batches are global batches (batch_size x processes) served as one shard per process."""
     if not isinstance(plan, Plan):
         plan = build_plan(tuple(plan))
     return TrainDatasets([TrainDataset(d, seed=dataset_seed(seed, i), prior_loss_weight=prior_loss_weight,
-                                       latents=latents, tokenize=tokenize) for i, d in enumerate(plan.datasets)],
-                         seed=batch_order_seed(seed))
+                                       latents=latents, tokenize=tokenize, processes=processes)
+                          for i, d in enumerate(plan.datasets)],
+                         seed=batch_order_seed(seed), processes=processes)
 
 
-def build_validation_dataset(plan: Plan, *, seed: int, tokenize: Tokenize | None = None) -> TrainDatasets | None:
+def build_validation_dataset(plan: Plan, *, seed: int, tokenize: Tokenize | None = None,
+                             processes: int = 1) -> TrainDatasets | None:
     """The held-out images of every dataset (plan.validation), batched by bucket like training, each image once
     per pass, in one order fixed by `seed` (epoch 0 is never advanced), so every validation run sees the same
     batches. None when no dataset holds images out."""
     held = plan.validation
-    return build_train_dataset(held, seed=seed, tokenize=tokenize) if held is not None else None
+    return (build_train_dataset(held, seed=seed, tokenize=tokenize, processes=processes)
+            if held is not None else None)
 
 
 class CacheGroup:

@@ -17,8 +17,8 @@ its backward pass fails, see fp8.py.)
 Everything goes to `device` (the loader already put it there with --lowram). `load_sdxl` materializes weights
 straight in these dtypes (fp8 parts in W), so placing costs no extra copy of a model.
 
-peft creates a new LoRA layer in its base layer's dtype, or in the base layer's `compute_dtype` when it has one
-(peft's hook for quantized layers). place_models sets `compute_dtype` = the network dtype on every frozen
+The LoRA layer (network/layer.py) creates its weights in its base layer's `compute_dtype` when it has one, else
+in the base's weight dtype (as peft does). place_models sets `compute_dtype` = the network dtype on every frozen
 Linear/Conv, so LoRA weights injected afterwards are created and initialised directly in float32 (or W with
 --full_fp16/--full_bf16), never rounded through fp8 or half precision, as sd-scripts' separate network module is.
 """
@@ -34,7 +34,7 @@ from sdxl_lora.common.dtypes import dtype_named
 from sdxl_lora.config.schema import ModelConfig
 from sdxl_lora.models.fp8 import FP8, store_in_fp8
 
-ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the layer types peft puts LoRA on
+ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the layer types LoRA (or peft) may wrap
 UNET_KEEP = ("conv_in",)  # stays in W with fp8, so unet.dtype reports W (module docstring)
 
 
@@ -118,7 +118,7 @@ def move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
 
 
 def mark_adapter_dtype(model: nn.Module, dtype: torch.dtype) -> None:
-    """Have peft create LoRA weights for this model's layers in `dtype` (see the module docstring)."""
+    """Have LoRA weights for this model's layers created in `dtype` (see the module docstring)."""
     for module in model.modules():
         if isinstance(module, ADAPTABLE):
             module.compute_dtype = dtype

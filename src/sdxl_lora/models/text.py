@@ -56,21 +56,22 @@ def _tokenize_chunks(tokenizer, captions: Sequence[str], max_token_length: int |
     return torch.stack(chunks, dim=1)
 
 
-def encode(te1, te2, ids1: torch.Tensor, ids2: torch.Tensor, eos_token_id: int = CLIP_EOS_ID
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(te1, te2, ids1: torch.Tensor, ids2: torch.Tensor, eos_token_id: int = CLIP_EOS_ID, *,
+           projection=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(context, pooled) from (B, n, 77) ids.
 
     TE1 and TE2 both give their penultimate hidden state before the final layer norm (for SDXL's 12-layer TE1
     that is sd-scripts' `hidden_states[11]`). Pooled is TE2's final-normed state at the first EOS of the first
-    chunk, through `text_projection`.
+    chunk, through `text_projection` (`projection`, or te2.text_projection; give it when te2 is wrapped, e.g. by
+    DDP, which forwards calls but not attributes).
     """
     batch, n, _ = ids1.shape
-    flat1 = ids1.reshape(-1, CHUNK_LENGTH).to(te1.device)
-    flat2 = ids2.reshape(-1, CHUNK_LENGTH).to(te2.device)
+    flat1 = ids1.reshape(-1, CHUNK_LENGTH).to(next(te1.parameters()).device)
+    flat2 = ids2.reshape(-1, CHUNK_LENGTH).to(next(te2.parameters()).device)
     states1 = te1(flat1, output_hidden_states=True).hidden_states[-2]
     out2 = te2(flat2, output_hidden_states=True)
     states2 = out2.hidden_states[-2]
-    pooled = te2.text_projection(_state_at_first_eos(out2.last_hidden_state, flat2, eos_token_id))
+    pooled = (projection or te2.text_projection)(_state_at_first_eos(out2.last_hidden_state, flat2, eos_token_id))
     context = torch.cat([_join_chunks(states1, batch, n), _join_chunks(states2, batch, n)], dim=-1)
     return context, pooled.reshape(batch, n, -1)[:, 0]
 

@@ -10,15 +10,19 @@ diffusers would load every module at alpha = rank.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from sdxl_lora.common.files import atomic_folder
-from sdxl_lora.network.lora import LoraHandles, lora_layers
+from sdxl_lora.network.lora import LoraHandles, ModuleSpec, lora_layers
 
+LORA_PARTS = (".base_layer", ".lora_A", ".lora_B")  # the LoRA layer's own submodules
 PREFIX = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -38,11 +42,58 @@ def diffusers_state_dict(handles: LoraHandles, save_dtype: torch.dtype | None = 
     return state
 
 
+def _pattern(paths: list[str]) -> str:
+    """A peft rank/alpha pattern that matches exactly these module paths (peft anchors it at the end)."""
+    return "^(?:" + "|".join(re.escape(p) for p in paths) + ")"
+
+
+def _minimal_targets(paths: list[str], model: nn.Module) -> list[str] | set[str]:
+    """The target list as peft stores it after add_adapter: from 20 targets on, the fewest module-name suffixes
+    that match exactly these modules (peft's own helper), so the header is the one peft wrote before."""
+    try:
+        from peft.tuners.tuners_utils import _find_minimal_target_modules
+        from peft.utils.constants import MIN_TARGET_MODULES_FOR_OPTIMIZATION
+    except ImportError:  # another peft: the full list loads the same modules
+        return paths
+    if len(paths) < MIN_TARGET_MODULES_FOR_OPTIMIZATION:
+        return paths
+    ends = tuple("." + p for p in paths)
+    targets = set(paths)
+    others = [n for n, _ in model.named_modules() if n not in targets and not n.endswith(ends)
+              and not n.endswith(LORA_PARTS) and ".lora_A." not in n and ".lora_B." not in n]
+    minimal = _find_minimal_target_modules(paths, others)
+    return minimal if len(minimal) < len(paths) else paths
+
+
+def lora_config(specs: list[ModuleSpec], model: nn.Module):
+    """The peft LoraConfig diffusers rebuilds these modules from, as diffusers' / transformers' add_adapter
+    records it: the most common rank/alpha as defaults, the others as rank_pattern / alpha_pattern."""
+    from peft import LoraConfig
+
+    rank = Counter(s.rank for s in specs).most_common(1)[0][0]
+    alpha = Counter(s.alpha for s in specs).most_common(1)[0][0]
+    by_rank: dict[int, list[str]] = {}
+    by_alpha: dict[float, list[str]] = {}
+    for s in specs:
+        if s.rank != rank:
+            by_rank.setdefault(s.rank, []).append(s.path)
+        if s.alpha != alpha:
+            by_alpha.setdefault(s.alpha, []).append(s.path)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True,
+                        target_modules=_minimal_targets([s.path for s in specs], model),
+                        rank_pattern={_pattern(p): r for r, p in by_rank.items()},
+                        alpha_pattern={_pattern(p): a for a, p in by_alpha.items()})
+    # transformers' add_adapter records the model's name_or_path; diffusers' records None
+    config.base_model_name_or_path = model.__dict__.get("name_or_path", None)
+    return config
+
+
 def adapter_metadata(handles: LoraHandles) -> str:
     """The `lora_adapter_metadata` header value: each model's LoraConfig under its prefix, as diffusers writes it."""
     packed = {}
     for component, model in handles.models.items():
-        for key, value in model.peft_config[handles.adapter_name].to_dict().items():
+        specs = [s for s in handles.specs.values() if s.component == component]
+        for key, value in lora_config(specs, model).to_dict().items():
             packed[f"{PREFIX[component]}.{key}"] = sorted(value) if isinstance(value, set) else value
     return json.dumps(packed, indent=2, sort_keys=True, default=str)
 

@@ -1,4 +1,4 @@
-"""Kohya-format LoRA state dicts (spec 3.2, 3.4) from and into peft adapters, and writing LoRA files.
+"""Kohya-format LoRA state dicts (spec 3.2, 3.4) from and into the LoRA layers, and writing LoRA files.
 
 Per module: `<kohya name>.lora_down.weight` (peft lora_A), `.lora_up.weight` (lora_B) and `.alpha`, a 0-dim
 tensor holding the module's true lora_alpha (float32, int64 when it defaulted to the rank, or save_dtype when
@@ -11,18 +11,18 @@ import os
 from pathlib import Path
 
 import torch
-from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
 from sdxl_lora.common.files import atomic_path
 from sdxl_lora.network.keys import kohya_name, parse_kohya_name
+from sdxl_lora.network.layer import LoraLayer
 from sdxl_lora.network.lora import LoraHandles
 
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 
 def _named_layers(handles: LoraHandles) -> dict[str, LoraLayer]:
-    """Kohya module name -> peft LoRA layer, for every adapted module of every component."""
+    """Kohya module name -> LoRA layer, for every adapted module of every component."""
     named = {}
     for component in handles.models:
         for name, layer in handles.layers(component):

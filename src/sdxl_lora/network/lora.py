@@ -1,4 +1,4 @@
-"""LoRA through peft on sd-scripts' targets (spec 3.1), with its ranks, alphas, scale, init and dropouts (3.5, 3.6).
+"""LoRA on sd-scripts' targets (spec 3.1), with its ranks, alphas, scale, init and dropouts (3.5, 3.6).
 
 Targets: every Linear / Conv2d inside a module whose class name is a target. U-Net: Transformer2DModel (722
 modules on SDXL base); with conv LoRA (conv_dim or conv_block_dims) also ResnetBlock2D / Downsample2D /
@@ -6,29 +6,23 @@ Upsample2D. Text encoders: CLIPAttention / CLIPMLP. Linear and 1x1 convs take th
 the conv rank (skipped without one); per-block values (block_dims, conv_block_dims) replace them on the U-Net,
 and a block whose LR weight is 0 gets no modules. A rank of 0 means no module; an alpha of 0 means alpha = rank.
 
-Each model gets one LoraConfig; modules whose rank/alpha differ from the most common one are set through peft's
-rank_pattern/alpha_pattern, so scale = alpha / rank per module. peft's default init (lora_A Kaiming-uniform
-a=sqrt(5), lora_B zeros) is sd-scripts'.
+Each target is replaced in its parent by the lean LoraLayer of network/layer.py (scale = alpha / rank per
+module, sd-scripts' init), which keeps peft's attribute names (lora_A / lora_B / scaling per adapter name).
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-import torch
-from peft import LoraConfig
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from sdxl_lora.common.sdxl_layout import block_index, diffusers_to_sgm
 from sdxl_lora.config.network_args import NUM_BLOCKS
 from sdxl_lora.config.schema import NetworkConfig
 from sdxl_lora.network.keys import Component, kohya_name
+from sdxl_lora.network.layer import ADAPTER_NAME, Dropouts, LoraLayer
 
-ADAPTER_NAME = "default"
 UNET_TARGET_CLASSES = ("Transformer2DModel",)
 UNET_CONV_TARGET_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TE_TARGET_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
@@ -64,7 +58,7 @@ class LoraHandles:
     specs: Mapping[str, ModuleSpec] = field(default_factory=dict)
     """Kohya module name -> its rank and alpha, in model order."""
     adapter_name: str = ADAPTER_NAME
-    """peft adapter name inside each model."""
+    """Adapter name of the lora_A / lora_B entries inside each layer (peft's default name)."""
 
     def parameters(self, component: Component) -> list[nn.Parameter]:
         """The LoRA parameters (down, up per layer) of one component; empty when it has no adapter."""
@@ -72,7 +66,7 @@ class LoraHandles:
                 for p in ab[self.adapter_name].parameters()]
 
     def layers(self, component: Component) -> list[tuple[str, LoraLayer]]:
-        """(kohya name, peft layer) of one component's modules, in model order."""
+        """(kohya name, LoRA layer) of one component's modules, in model order."""
         model = self.models.get(component)
         if model is None:
             return []
@@ -86,8 +80,7 @@ class LoraHandles:
         """Dropouts act in training mode only (spec 3.5); sd-scripts sets it per epoch on the network."""
         for component in self.models:
             for _, layer in self.layers(component):
-                for part in (layer.lora_A[self.adapter_name], layer.lora_B[self.adapter_name]):
-                    part.train(mode)
+                layer.train(mode)
 
 
 def target_module_names(model: nn.Module, target_classes: Iterable[str]) -> list[str]:
@@ -102,7 +95,7 @@ def target_module_names(model: nn.Module, target_classes: Iterable[str]) -> list
 
 
 def lora_layers(model: nn.Module, adapter_name: str = ADAPTER_NAME) -> Iterator[tuple[str, LoraLayer]]:
-    """(module path, peft LoRA layer) for every layer that holds the adapter, in model order."""
+    """(module path, LoRA layer) for every layer that holds the adapter, in model order."""
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
             yield name, module
@@ -160,70 +153,24 @@ def plan_modules(models: Mapping[Component, nn.Module], cfg: NetworkConfig) -> l
     return specs
 
 
-def _pattern(paths: list[str]) -> str:
-    """A peft rank/alpha pattern that matches exactly these module paths (peft anchors it at the end)."""
-    return "^(?:" + "|".join(re.escape(p) for p in paths) + ")"
-
-
-def _lora_config(specs: list[ModuleSpec]) -> LoraConfig:
-    """One LoraConfig: the most common rank/alpha as defaults, the others as patterns."""
-    rank = Counter(s.rank for s in specs).most_common(1)[0][0]
-    alpha = Counter(s.alpha for s in specs).most_common(1)[0][0]
-    by_rank: dict[int, list[str]] = {}
-    by_alpha: dict[float, list[str]] = {}
-    for s in specs:
-        if s.rank != rank:
-            by_rank.setdefault(s.rank, []).append(s.path)
-        if s.alpha != alpha:
-            by_alpha.setdefault(s.alpha, []).append(s.path)
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True,
-                      target_modules=[s.path for s in specs],
-                      rank_pattern={_pattern(p): r for r, p in by_rank.items()},
-                      alpha_pattern={_pattern(p): a for a, p in by_alpha.items()})
-
-
-def _add_dropouts(layer: LoraLayer, adapter: str, neuron: float | None, rank: float | None,
-                  module: float | None) -> None:
-    """sd-scripts' three dropouts (spec 3.5), active in training mode only.
-
-    neuron: dropout on down(x); rank: a (batch, r) keep-mask on down(x), scaled by 1/(1-p); module: with
-    probability p per call the module adds nothing.
-    """
-    def on_down(part: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
-        if not part.training:
-            return out
-        if neuron:
-            out = nn.functional.dropout(out, p=neuron)
-        if rank:
-            keep = (torch.rand(out.shape[0], out.shape[-1] if out.dim() != 4 else out.shape[1],
-                               device=out.device) > rank).to(out.dtype) / (1.0 - rank)
-            if out.dim() == 3:
-                keep = keep.unsqueeze(1)
-            elif out.dim() == 4:
-                keep = keep[:, :, None, None]
-            out = out * keep
-        return out
-
-    def on_up(part: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
-        if part.training and torch.rand(1).item() < module:
-            return out * 0.0
-        return out
-
-    if neuron or rank:
-        layer.lora_A[adapter].register_forward_hook(on_down)
-    if module:
-        layer.lora_B[adapter].register_forward_hook(on_up)
-
-
 def inject(models: Mapping[Component, nn.Module], specs: list[ModuleSpec], cfg: NetworkConfig) -> LoraHandles:
-    """Add the adapter with these modules (and cfg's dropouts) to the models; returns the handles."""
+    """Replace each planned Linear / Conv2d by a LoraLayer around it (with cfg's dropouts); returns the handles.
+
+    Layers are created in model order whatever the order of `specs`, so a seed gives the same initial weights.
+    """
+    dropouts = Dropouts(cfg.network_dropout, cfg.lora.rank_dropout, cfg.lora.module_dropout)
     for component, model in models.items():
-        own = [s for s in specs if s.component == component]
-        if not own:
-            continue
-        model.add_adapter(_lora_config(own), adapter_name=ADAPTER_NAME)
-        for _, layer in lora_layers(model, ADAPTER_NAME):
-            _add_dropouts(layer, ADAPTER_NAME, cfg.network_dropout, cfg.lora.rank_dropout, cfg.lora.module_dropout)
+        own = {s.path: s for s in specs if s.component == component}
+        found = [(path, module) for path, module in model.named_modules() if path in own]
+        missing = sorted(set(own) - {path for path, _ in found})
+        if missing:
+            raise ValueError(f"{component}: no module at {missing[:5]} for LoRA")
+        for path, module in found:
+            if not isinstance(module, (nn.Linear, nn.Conv2d)):
+                raise ValueError(f"{component}: {path} is a {type(module).__name__}, LoRA needs a Linear or Conv2d")
+            parent, _, child = path.rpartition(".")
+            spec = own[path]
+            setattr(model.get_submodule(parent), child, LoraLayer(module, spec.rank, spec.alpha, dropouts))
     used = {c: m for c, m in models.items() if any(s.component == c for s in specs)}
     handles = LoraHandles(models=used, specs={s.name: s for s in specs})
     handles.train(True)

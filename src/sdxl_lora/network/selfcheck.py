@@ -15,7 +15,7 @@ from sdxl_lora.network.weights import read_lora, to_kohya
 
 
 def _fits(module: nn.Module, down, up) -> bool:
-    base = getattr(module, "base_layer", module)  # the live model holds peft's wrapper around the layer
+    base = getattr(module, "base_layer", module)  # the live model holds the LoRA layer around it
     if isinstance(base, nn.Linear):
         return down.dim() == 2 and down.shape[1] == base.in_features and up.shape[0] == base.out_features
     if isinstance(base, nn.Conv2d):

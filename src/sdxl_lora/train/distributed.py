@@ -122,15 +122,18 @@ class TrainedModels(torch.nn.Module):
 def prepare_models(accelerator, cfg: RunConfig, unet, te1, te2, optimizer, loader, scheduler, network=None):
     """accelerator.prepare for the run; returns (unet, te1, te2, optimizer, loader, scheduler) to train with.
 
-    Without DeepSpeed: optimizer, loader and scheduler, then each model that trains (DDP refuses a model without
-    trainable parameters). With DeepSpeed (--deepspeed, or an accelerate config that asks for it): the trained
-    models, and `network` (a LyCORIS network, whose modules live outside the models), in one TrainedModels,
-    prepared with the optimizer in one call; the loop keeps calling the models themselves. Under mixed precision
-    each model's forward then runs in autocast (DeepSpeed casts the weights, accelerate's autocast is off)."""
+    Without DeepSpeed: optimizer and loader (the scheduler is returned as it is), then each model that trains
+    (DDP refuses a model without trainable parameters). With DeepSpeed (--deepspeed, or an accelerate config that
+    asks for it): the trained models, and `network` (a LyCORIS network, whose modules live outside the models),
+    in one TrainedModels, prepared with the optimizer in one call; the loop keeps calling the models themselves.
+    Under mixed precision each model's forward then runs in autocast (DeepSpeed casts the weights, accelerate's
+    autocast is off)."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
+        # The scheduler stays unprepared: the loop steps it once per optimizer step (accelerate would step it once
+        # per process); DeepSpeed's engine steps the one it is given once per optimizer step too.
+        optimizer, loader = accelerator.prepare(optimizer, loader)
         if cfg.network.train_unet:
             unet = accelerator.prepare(unet)
         if cfg.network.train_text_encoder:

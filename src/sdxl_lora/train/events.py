@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from sdxl_lora.config.schema import RunConfig
-from sdxl_lora.sample.generate import own_prompts
 from sdxl_lora.sample.schedule import sample_due_at_epoch, sample_due_at_first, sample_due_at_step
 from sdxl_lora.train.errors import TrainingDiverged
 from sdxl_lora.train.memory_counts import MemoryWatch
@@ -42,7 +41,9 @@ class Events:
     uploader: object | None
     """publish.hub.Uploader with --huggingface_repo_id (main process only)."""
     snapshot: object
-    """TrainState -> StateFiles (state.state_files bound to this run's parts)."""
+    """(TrainState, every process's RNG states) -> StateFiles (state.state_files bound to this run's parts)."""
+    gather_rngs: Callable[[], list[dict]]
+    """Every process's RNG states, in process order (a collective with several processes)."""
     num_epochs: int
     validate: Callable[[], float] | None = None
     """The validation loss of the current weights (fixed timesteps and noise); None without held-out images."""
@@ -103,12 +104,13 @@ class Events:
 
     def sample_images(self, step: int, *, epoch: int | None = None) -> None:
         """Sample images of the current weights; named on the console and logged (as sd-scripts, after the
-        step's own values)."""
+        step's own values). The main process samples every prompt; the others go on to the next step and wait
+        there for it."""
         self.read_losses()
+        if not self.main:
+            return
         paths = self.sample(epoch=epoch, step=step)
-        # This process's share of the prompts, in order: one file each.
-        own = own_prompts(self.prompts, self.accelerator.process_index, self.accelerator.num_processes)
-        pairs = [(path, prompt.prompt) for path, prompt in zip(paths, own, strict=True)]
+        pairs = [(path, prompt.prompt) for path, prompt in zip(paths, self.prompts, strict=True)]
         self.trackers.log_images(step, pairs)
         for path in paths:
             log.info("sample %s", path)
@@ -134,7 +136,7 @@ class Events:
             reason = diagnose_non_finite(pending.step, pending.paths, self.cfg,
                                          list(group_rates(pending.rates).values()))
             self.progress.finish("failed", error=reason)
-            raise TrainingDiverged(reason) from None
+            raise TrainingDiverged(reason) from None  # the same reason on every process (global batch, mean loss)
         rates = {}
         for pending, value in read:
             rates = group_rates(pending.rates)
@@ -145,20 +147,21 @@ class Events:
 
     def save(self, checkpoint, state: TrainState, *args) -> None:
         self.read_losses()
-        self.accelerator.wait_for_everyone()
+        rngs = self.gather_rngs()
         if self.main:
-            self._written(checkpoint(*args, lambda folder: write_state(folder, self.snapshot(state))))
+            self._written(checkpoint(*args, lambda folder: write_state(folder, self.snapshot(state, rngs))))
+        self.accelerator.wait_for_everyone()  # a later step may read what was written (resume tests, uploads)
 
     def finish(self, state: TrainState, *, datasets: list, samples: list[tuple[Path, str]]) -> Path | None:
         """The final LoRA (and state), the model card beside it, the last uploads; returns the LoRA's path."""
         from sdxl_lora.publish.model_card import card_for_run
 
         self.read_losses()
-        self.accelerator.wait_for_everyone()
+        rngs = self.gather_rngs()
         if not self.main:
             return None
         final = self.saver.at_end(steps=state.step, epochs=self.num_epochs,
-                                  write_state=lambda folder: write_state(folder, self.snapshot(state)))
+                                  write_state=lambda folder: write_state(folder, self.snapshot(state, rngs)))
         self._written(final, wait=True)
         card = card_for_run(self.cfg, final[0], steps=state.step, epochs=self.num_epochs, datasets=datasets,
                             samples=samples)

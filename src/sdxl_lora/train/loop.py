@@ -5,6 +5,7 @@ Only this module imports models, network and data together.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -24,7 +25,17 @@ from sdxl_lora.train import noise as noise_math
 from sdxl_lora.train.check import check_classes, check_sample_prompts
 from sdxl_lora.train.events import Events, sample_with
 from sdxl_lora.train.optim import build_optimizer, set_train_mode, trained_parameters
-from sdxl_lora.train.progress import Progress
+from sdxl_lora.train.processes import (
+    gather_rngs,
+    ignore_unused_parameters,
+    mean_over_processes,
+    quiet_other_processes,
+    refuse_unsupported,
+    report_agreement,
+    sum_over_processes,
+    validation_shard,
+)
+from sdxl_lora.train.progress import LossMeter, Progress
 from sdxl_lora.train.save import RunSaver
 from sdxl_lora.train.schedule import final_name
 from sdxl_lora.train.schedulers import build_scheduler
@@ -37,7 +48,7 @@ from sdxl_lora.train.setup import (
     text_cache_for,
     text_source_for,
 )
-from sdxl_lora.train.state import restore_rngs, resume_from_hub, start_state, state_files
+from sdxl_lora.train.state import capture_rngs, restore_rngs, resume_from_hub, start_state, state_files
 from sdxl_lora.train.steps import plan_steps
 from sdxl_lora.train.tracking import Trackers, accelerator_kwargs, lr_snapshot
 from sdxl_lora.train.validation import fixed_timestep_step, validation_loss, validation_timesteps
@@ -77,6 +88,7 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.network.hashes import ModelHashes
     from sdxl_lora.network.weights import max_norm_regularize
     from sdxl_lora.publish.hub import Uploader
+    from sdxl_lora.runtime import refuse_lone_copies
     from sdxl_lora.sample.generate import generate_samples, sample_settings
 
     session_id, started_at = random.randint(0, 2**32), time.time()
@@ -89,6 +101,12 @@ def run(cfg: RunConfig) -> RunResult:
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                               **accelerator_kwargs(cfg.log), **distributed.accelerator_kwargs(cfg))
+    refuse_lone_copies(accelerator.num_processes)  # several launched processes that do not see each other
+    refuse_unsupported(cfg, accelerator)
+    processes = accelerator.num_processes
+    log.info("%d process%s (%s), this is process %d", processes, "es" if processes > 1 else "",
+             accelerator.distributed_type, accelerator.process_index)
+    quiet_other_processes(accelerator)
     set_seed(cfg.train.seed)
 
     # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
@@ -99,19 +117,24 @@ def run(cfg: RunConfig) -> RunResult:
     merge_base_weights(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     tokens = functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
                                max_token_length=cfg.model.max_token_length)
+    # With several processes its batches are global ones (batch_size x processes), one shard per process.
     dataset = build_train_dataset(data_plan, seed=shuffle_seed(cfg.train.seed),
-                                  prior_loss_weight=cfg.data.prior_loss_weight, tokenize=tokens)
+                                  prior_loss_weight=cfg.data.prior_loss_weight, tokenize=tokens, processes=processes)
     # Images held out by --validation_split: fixed order, no augmentation; cached together with training's.
-    valid = build_validation_dataset(data_plan, seed=shuffle_seed(cfg.validation.seed), tokenize=tokens)
+    valid = build_validation_dataset(data_plan, seed=shuffle_seed(cfg.validation.seed), tokenize=tokens,
+                                     processes=processes)
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
     placement = place_models(models, cfg.model, accelerator.device)
 
-    # Latents are cached before LoRA exists; the VAE is then not needed on the device any more.
-    latent_source = latent_source_for(cfg, models.vae, CacheGroup(dataset, valid), accelerator.device,
-                                      placement.highvram)
-    # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave it.
-    text_cache = text_cache_for(cfg, models, CacheGroup(dataset, valid), accelerator)
+    # Latents are cached before LoRA exists; the VAE is then not needed on the device any more. Disk caches are
+    # written by each machine's first process while its others wait, then read by all; memory caches: by each.
+    to_disk = cfg.data.cache_latents_to_disk or cfg.data.cache_text_encoder_outputs_to_disk
+    with accelerator.local_main_process_first() if to_disk else contextlib.nullcontext():
+        latent_source = latent_source_for(cfg, models.vae, CacheGroup(dataset, valid), accelerator.device,
+                                          placement.highvram)
+        # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave.
+        text_cache = text_cache_for(cfg, models, CacheGroup(dataset, valid), accelerator)
 
     handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     release_text_encoders(cfg, models, text_cache)
@@ -124,40 +147,51 @@ def run(cfg: RunConfig) -> RunResult:
     compile_unet(models.unet, cfg)  # --torch_compile: in place, with LoRA and checkpointing in it
 
     # The dataset shuffles the batches of all datasets itself, seeded per epoch (sd-scripts order).
-    loader = data_loader(dataset, cfg)
-    plan = plan_steps(len(loader), cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
-                      cfg.train.max_train_epochs, accelerator.num_processes)
-    dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
     optimizer = build_optimizer(cfg.optim, param_groups(handles, cfg.network, cfg.optim),
                                 fp32_masters=cfg.model.full_fp16)
-    scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps * accelerator.num_processes)
+    # The plan counts one process's batches after prepare (spec 1.10): the loader holds each global batch once per
+    # process and accelerate hands each process its own items, so that is dataset.num_batches (checked below).
+    plan = plan_steps(dataset.num_batches, cfg.train.gradient_accumulation_steps, cfg.train.max_train_steps,
+                      cfg.train.max_train_epochs)
+    dataset.set_schedule(plan.max_train_steps, cfg.train.gradient_accumulation_steps)
+    # The schedule counts optimizer steps (the loop steps it, or DeepSpeed's engine; accelerate would step it once
+    # per process): warmup fractions are of the global step count, and a state resumes on another process count.
+    scheduler = build_scheduler(cfg.optim, optimizer, plan.max_train_steps)
+    if processes > 1 and cfg.network.train_text_encoder:
+        ignore_unused_parameters(models.text_encoder_1)
     # Only models that train are prepared; with DeepSpeed together, in one engine with the optimizer.
     unet, te1, te2, optimizer, loader, scheduler = distributed.prepare_models(
-        accelerator, cfg, models.unet, models.text_encoder_1, models.text_encoder_2, optimizer, loader, scheduler,
-        network=getattr(handles, "network", None))
-    _log_plan(plan, dataset, trainable)
-    text_source = text_cache or text_source_for(cfg, te1, te2, accelerator.device)
+        accelerator, cfg, models.unet, models.text_encoder_1, models.text_encoder_2, optimizer,
+        data_loader(dataset, cfg), scheduler, network=getattr(handles, "network", None))
+    if len(loader) != plan.batches_per_epoch:
+        raise RuntimeError(f"one process's loader has {len(loader)} batches, the plan {plan.batches_per_epoch}")
+    _log_plan(plan, dataset, trainable, processes, cfg.train.gradient_accumulation_steps)
+    text_source = text_cache or text_source_for(cfg, te1, te2, accelerator.device,
+                                                projection=accelerator.unwrap_model(te2).text_projection)
 
     saver = RunSaver(cfg, handles, session_id=session_id, started_at=started_at, dataset=dataset, plan=plan,
                      optimizer=optimizer, model_hashes=model_hashes, num_processes=accelerator.num_processes)
     parts = step_parts(models, unet, latent_source, text_source, accelerator, placement, cfg)
-    # A dedicated generator for timesteps and noise (one stream per process), separate from data shuffling.
-    noise_generator = torch.Generator(accelerator.device).manual_seed(cfg.train.seed + accelerator.process_index)
+    # A dedicated generator for timesteps and noise, separate from data shuffling; seeded alike on every process,
+    # which draws for the whole global batch and keeps its rows.
+    noise_generator = torch.Generator(accelerator.device).manual_seed(cfg.train.seed)
     # Resuming restores weights, optimizer, scheduler, position and every RNG.
-    state, rngs = start_state(cfg, plan, handles, optimizer, scheduler, accelerator)
+    global_batches = tuple(d.batch_size for d in dataset.datasets)
+    state, rngs = start_state(cfg, plan, handles, optimizer, scheduler, accelerator, global_batches)
     if rngs is not None:
         restore_rngs(rngs, noise_generator)
     validate = None
     if valid is not None:
         validate = functools.partial(
-            validation_loss, data_loader(valid, cfg), fixed_timestep_step(training_step, parts, cfg),
+            validation_loss, data_loader(validation_shard(valid, accelerator), cfg),
+            fixed_timestep_step(training_step, parts, cfg),
             validation_timesteps(cfg.noise.min_timestep, cfg.noise.max_timestep), cfg.validation.seed,
             cfg.validation.max_steps, device=accelerator.device, optimizer=optimizer,
             modules=(unet, te1, te2, getattr(handles, "network", None)))
+        validate = functools.partial(lambda one: mean_over_processes(accelerator, one()), validate)
     sample = None
-    if prompts:  # samples come from the live models, LoRA applied
-        settings = sample_settings(cfg, accelerator.device, placement.weight_dtype, accelerator.process_index,
-                                   accelerator.num_processes)
+    if prompts:  # samples come from the live models, LoRA applied; the main process samples every prompt
+        settings = sample_settings(cfg, accelerator.device, placement.weight_dtype)
         sample = functools.partial(sample_with, optimizer,
                                    functools.partial(generate_samples, models, prompts, settings))
     trackers = Trackers(cfg.log)
@@ -169,7 +203,10 @@ def run(cfg: RunConfig) -> RunResult:
                           total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
                           enabled=accelerator.is_main_process),
         uploader=Uploader(cfg.hub) if cfg.hub.repo_id and accelerator.is_main_process else None,
-        snapshot=functools.partial(state_files, handles, optimizer, scheduler, accelerator, noise_generator))
+        snapshot=functools.partial(state_files, handles, optimizer, scheduler, accelerator, global_batches),
+        gather_rngs=functools.partial(gather_rngs, accelerator, functools.partial(capture_rngs, noise_generator)),
+        meter=LossMeter(sum_over_processes=sum_over_processes(accelerator), processes=processes,
+                        main=accelerator.is_main_process))
 
     try:
         events.start(state)
@@ -190,7 +227,8 @@ def run(cfg: RunConfig) -> RunResult:
                     if accelerator.sync_gradients and cfg.optim.max_grad_norm and not cfg.optim.fused_backward_pass:
                         accelerator.clip_grad_norm_(trained_parameters(optimizer), cfg.optim.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     if accelerator.sync_gradients and cfg.network.scale_weight_norms:
                         max_norm_regularize(handles, cfg.network.scale_weight_norms)
@@ -200,7 +238,7 @@ def run(cfg: RunConfig) -> RunResult:
                     continue
                 state.step, state.micro_step = state.step + 1, accelerator.step
                 events.step_done(state, step_loss / step_batches, lr_snapshot(optimizer.param_groups),
-                                 tuple(batch.paths))
+                                 tuple(batch.shard.paths if batch.shard else batch.paths))
                 step_loss, step_batches = 0.0, 0
                 if state.step >= plan.max_train_steps:
                     break
@@ -208,7 +246,9 @@ def run(cfg: RunConfig) -> RunResult:
             events.epoch_done(state)
 
         set_train_mode(optimizer, False)  # schedule-free optimizers: save the averaged (evaluation) weights
+        report_agreement(accelerator, [p for params in trainable.values() for p in params])
         path = events.finish(state, datasets=dataset.metadata_datasets(), samples=events.samples)
+        accelerator.wait_for_everyone()  # the processes leave together (a process group torn down early can hang)
     except KeyboardInterrupt:
         events.progress.finish("interrupted", step=state.step)
         raise
@@ -260,19 +300,19 @@ def training_step(batch: Batch, parts: StepParts, cfg: RunConfig, generator: tor
     # The six size integers stay float32 (bf16 would turn 1365 into 1368); the U-Net casts only their
     # sinusoidal embedding to its dtype.
     time_ids = size_conditioning(batch).to(acc.device, torch.float32)
-    # Draw order as sd-scripts: noise (offset, pyramid), timesteps, input perturbation.
-    noise = noise_math.draw_noise(latents, cfg.noise, generator)
-    timesteps = noise_math.sample_timesteps(latents.shape[0], cfg.noise.min_timestep, cfg.noise.max_timestep,
-                                            latents.device, generator)
-    noisy = noise_math.noisy_latents(parts.alphas_cumprod, latents,
-                                     noise_math.input_perturbation(noise, cfg.noise, generator), timesteps)
+    # With several processes drawn for the whole global batch, this process keeping its rows.
+    shard = batch.shard
+    noise, timesteps, perturbed = noise_math.draw(latents, cfg.noise, generator, shard and shard.rows,
+                                                  shard and shard.size)
+    noisy = noise_math.noisy_latents(parts.alphas_cumprod, latents, perturbed, timesteps)
     with acc.autocast():
         pred = parts.unet(noisy.to(wd), timesteps, context.to(wd),
                           added_cond_kwargs={"text_embeds": pooled.to(wd), "time_ids": time_ids}).sample
     target = (noise_math.velocity(parts.alphas_cumprod, latents, noise, timesteps)
               if cfg.loss.v_parameterization else noise)
-    return losses.training_loss(pred, target, timesteps, cfg=cfg.loss, alphas_cumprod=parts.alphas_cumprod,
+    loss = losses.training_loss(pred, target, timesteps, cfg=cfg.loss, alphas_cumprod=parts.alphas_cumprod,
                                 snr_table=parts.snr, loss_weights=batch.loss_weights.to(acc.device), mask=batch.masks)
+    return loss * shard.loss_scale if shard else loss  # DDP's gradient mean is then the global batch's
 
 
 def size_conditioning(batch: Batch) -> torch.Tensor:
@@ -282,10 +322,13 @@ def size_conditioning(batch: Batch) -> torch.Tensor:
     return size_time_ids(batch.original_size_hw, batch.crop_top_left, batch.target_size_hw)
 
 
-def _log_plan(plan, dataset, trainable) -> None:
+def _log_plan(plan, dataset, trainable, processes: int, accumulation: int) -> None:
     counts = {k: sum(p.numel() for p in v) for k, v in trainable.items()}
-    log.info("batches per epoch %d, %d optimizer steps over %d epochs; trainable LoRA parameters %s",
-             plan.batches_per_epoch, plan.max_train_steps, plan.num_epochs, counts)
+    sizes = sorted({d.batch_size for d in dataset.datasets})
+    log.info("global batch %s = batch size %s x %d processes x %d accumulation; batches per epoch %d, %d "
+             "optimizer steps over %d epochs; trainable LoRA parameters %s",
+             "/".join(str(s * accumulation) for s in sizes), "/".join(str(s // processes) for s in sizes),
+             processes, accumulation, plan.batches_per_epoch, plan.max_train_steps, plan.num_epochs, counts)
 
 
 def loss_summary(step_losses: list[float]) -> tuple[float, float]:

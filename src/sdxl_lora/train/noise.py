@@ -89,6 +89,25 @@ def input_perturbation(noise: torch.Tensor, cfg: NoiseConfig, generator=None) ->
     return noise + gamma * extra
 
 
+def draw(latents: torch.Tensor, cfg: NoiseConfig, generator=None, rows: tuple[int, ...] | None = None,
+         size: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noise, timesteps, noise perturbed for x_t) of one batch in sd-scripts' draw order: noise (offset,
+    pyramid), timesteps, input perturbation. With `rows` (several processes) everything is drawn for the whole
+    global batch of `size` samples (these latents at `rows`, zeros elsewhere: the adaptive offset reads each
+    sample's own) and returned at `rows`: every process draws the same numbers, and together they train what
+    one process with the global batch would."""
+    full = latents
+    if rows is not None:
+        index = torch.tensor(rows, device=latents.device)
+        full = latents.new_zeros((size, *latents.shape[1:])).index_copy(0, index, latents)
+    noise = draw_noise(full, cfg, generator)
+    timesteps = sample_timesteps(full.shape[0], cfg.min_timestep, cfg.max_timestep, full.device, generator)
+    perturbed = input_perturbation(noise, cfg, generator)
+    if rows is None:
+        return noise, timesteps, perturbed
+    return noise[index], timesteps[index], perturbed[index]
+
+
 def noisy_latents(alphas_cumprod: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
                   timesteps: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (DDPM, Ho et al. 2020, eq. 4)."""

@@ -3,7 +3,9 @@ device until they are read.
 
 Reading a loss (`.item()`) waits for the GPU to finish every queued kernel, so the loop does not read it each
 step: `LossMeter` keeps the step losses as device tensors and reads them all at once, at most about once a second
-and before every save (a non-finite loss must stop the run before anything is written).
+and before every save (a non-finite loss must stop the run before anything is written). With several processes a
+read is a collective (the mean over the processes): every process reads at the same steps, every N steps, N set
+at each read from the main process's clock, so a NaN on one process stops all of them at the same step.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,23 +53,37 @@ class LossMeter:
     """Per-step losses: kept on the device, read in one transfer when asked."""
 
     values: list[float] = field(default_factory=list)
-    """Every loss read so far, in step order."""
+    """Every loss read so far, in step order (the mean over the processes)."""
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """Several processes: tensor -> its sum over them (processes.sum_over_processes); None with one."""
+    processes: int = 1
+    main: bool = True
     _pending: list[Pending] = field(default_factory=list)
     _last_read: float = field(default_factory=time.monotonic)
+    _every: int = 1
+    """Several processes: steps between reads, as the main process chose at the last read."""
 
     def add(self, step: int, loss: torch.Tensor, rates: list[dict], paths: tuple = (), *, epoch: int = 0,
             step_in_epoch: int = 0) -> None:
         self._pending.append(Pending(step, loss.detach(), rates, paths, epoch, step_in_epoch))
 
     def due(self) -> bool:
+        if self.sum_over_processes is not None:  # a wall clock differs between processes; a step count does not
+            return len(self._pending) >= self._every
         return time.monotonic() - self._last_read >= READ_EVERY_S
 
     def read(self) -> list[tuple[Pending, float]]:
         """Read the pending losses (one sync); raise NonFiniteLoss naming the first non-finite step."""
-        self._last_read = time.monotonic()
+        elapsed, self._last_read = time.monotonic() - self._last_read, time.monotonic()
         if not self._pending:
             return []
-        read = torch.stack([p.loss.float().reshape(()) for p in self._pending]).tolist()
+        losses = torch.stack([p.loss.float().reshape(()) for p in self._pending])
+        if self.sum_over_processes is not None:
+            # The main process also says how many steps make READ_EVERY_S on its clock (the others add 0).
+            every = max(1, int(READ_EVERY_S * len(self._pending) / max(elapsed, 1e-6))) if self.main else 0
+            summed = self.sum_over_processes(torch.cat([losses, losses.new_tensor([every])]))
+            losses, self._every = summed[:-1] / self.processes, max(1, int(summed[-1].item()))
+        read = losses.tolist()
         for value, pending in zip(read, self._pending, strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLoss(pending)

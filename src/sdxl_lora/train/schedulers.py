@@ -43,8 +43,9 @@ def check_scheduler(cfg: OptimConfig) -> None:
 
 
 def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    """The LR schedule over `total_steps` scheduler steps (max_train_steps x processes, as sd-scripts);
-    --lr_warmup_steps and --lr_decay_steps fractions are of that total."""
+    """The LR schedule over `total_steps` optimizer steps; --lr_warmup_steps and --lr_decay_steps fractions are
+    of that total. (sd-scripts lets accelerate step it once per process, over max_train_steps x processes, so
+    an integer warmup there shrinks with more processes; here it is stepped once per optimizer step.)"""
     from transformers import optimization as tf
 
     extra = dict(cfg.lr_scheduler_args)

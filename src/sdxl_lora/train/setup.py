@@ -114,12 +114,14 @@ def release(*modules) -> None:
         module.to("meta")
 
 
-def text_source_for(cfg: RunConfig, te1, te2, device):
-    """The live text encoders (prepared models, so that their LoRA trains through them)."""
+def text_source_for(cfg: RunConfig, te1, te2, device, projection=None):
+    """The live text encoders (prepared models, so that their LoRA trains through them); `projection` is TE2's
+    text_projection reached through accelerator.unwrap_model (a DDP wrapper does not forward attributes)."""
     from sdxl_lora.data.sources import EncoderText
     from sdxl_lora.models.text import encode
 
-    return EncoderText(functools.partial(encode, te1, te2), device, trains=cfg.network.train_text_encoder)
+    return EncoderText(functools.partial(encode, te1, te2, projection=projection), device,
+                       trains=cfg.network.train_text_encoder)
 
 
 def enable_gradient_checkpointing(models, text_encoders: bool) -> None:

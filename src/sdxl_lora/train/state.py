@@ -6,6 +6,13 @@ so it also loads as --network_weights), `optimizer.bin`, `scheduler.bin`, `scale
 batch position in the epoch and accelerate's micro-batch counter, and the RNG file holds the noise generator too:
 with them a run resumed from any state folder continues exactly as the uninterrupted run would have, however many
 times it is interrupted. Folders appear whole (written under a temporary name, then renamed).
+
+Several processes: the main process writes the folder, with one RNG file per process (gathered). The position
+counts global batches (batch_size x processes), so a state resumes with another number of processes when the
+global batch is the same (e.g. --train_batch_size halved on twice the processes); train_state.json records the
+global batch sizes, and another global batch is refused. A process without its own RNG file (more processes than
+saved) continues with fresh dropout states, with a warning; the noise generator is the same on every process
+and always comes from process 0's file.
 """
 
 from __future__ import annotations
@@ -72,10 +79,13 @@ class StateFiles:
     optimizer: dict
     scheduler: dict | None
     scaler: dict | None
-    rngs: dict
+    rngs: list[dict]
+    """Each process's RNG states, in process order (read_state: this process's only; see there)."""
+    global_batch_sizes: tuple[int, ...] = ()
+    """Each dataset's global batch size (batch_size x processes) the state was trained with; () if unknown."""
 
 
-def write_state(target: Path, files: StateFiles, *, process_index: int = 0) -> Path:
+def write_state(target: Path, files: StateFiles) -> Path:
     """Write a state folder whole or not at all; an existing folder of that name is replaced."""
     from safetensors.torch import save_file
 
@@ -88,10 +98,11 @@ def write_state(target: Path, files: StateFiles, *, process_index: int = 0) -> P
             torch.save(files.scheduler, tmp / "scheduler.bin")
         if files.scaler is not None:
             torch.save(files.scaler, tmp / "scaler.pt")
-        torch.save(files.rngs, tmp / f"random_states_{process_index}.pkl")
+        for index, rngs in enumerate(files.rngs):
+            torch.save(rngs, tmp / f"random_states_{index}.pkl")
         # sd-scripts' keys (1-based epoch, global step), then ours; written last: its presence marks a whole folder.
         train = {"current_epoch": files.train.epoch + 1, "current_step": files.train.step, "format": STATE_FORMAT,
-                 **asdict(files.train)}
+                 **asdict(files.train), "global_batch_sizes": list(files.global_batch_sizes)}
         (tmp / "train_state.json").write_text(json.dumps(train, indent=1) + "\n")
     if target.exists():  # replaced: moved aside first, so a complete folder exists at every moment
         remove_state(old)
@@ -102,7 +113,9 @@ def write_state(target: Path, files: StateFiles, *, process_index: int = 0) -> P
 
 
 def read_state(folder: Path, *, process_index: int = 0) -> StateFiles:
-    """Load a state folder written by write_state (the folder was checked before any model was loaded)."""
+    """Load a state folder written by write_state (the folder was checked before any model was loaded); its
+    `rngs` are [this process's states], [process 0's with only the noise generator kept] when the folder has
+    none for this process."""
     from safetensors.torch import load_file
 
     raw = json.loads((folder / "train_state.json").read_text())
@@ -112,9 +125,20 @@ def read_state(folder: Path, *, process_index: int = 0) -> StateFiles:
     return StateFiles(
         train=train, lora=load_file(str(folder / "model.safetensors")),
         optimizer=torch.load(folder / "optimizer.bin", weights_only=False),
-        scheduler=optional["scheduler.bin"], scaler=optional["scaler.pt"],
-        rngs=torch.load(folder / f"random_states_{process_index}.pkl", weights_only=False),
+        scheduler=optional["scheduler.bin"], scaler=optional["scaler.pt"], rngs=[_process_rngs(folder, process_index)],
+        global_batch_sizes=tuple(raw.get("global_batch_sizes", ())),
     )
+
+
+def _process_rngs(folder: Path, process_index: int) -> dict:
+    own = folder / f"random_states_{process_index}.pkl"
+    if own.is_file():
+        return torch.load(own, weights_only=False)
+    log.warning("--resume %s holds no random states of process %d (saved by fewer processes): it continues with "
+                "fresh dropout and augmentation random states; the noise generator is process 0's", folder,
+                process_index)
+    first = torch.load(folder / "random_states_0.pkl", weights_only=False)
+    return {**capture_rngs(torch.Generator()), "noise": first["noise"]}
 
 
 def remove_state(folder: Path) -> None:
@@ -147,18 +171,20 @@ def position_of(step: int, steps_per_epoch: int, accumulation: int, skip_batches
     return TrainState(epoch=epoch, step=step, batch=into * accumulation if skip_batches else 0)
 
 
-def state_files(handles, optimizer, scheduler, accelerator, noise_generator, state: TrainState) -> StateFiles:
-    """Everything a resumed run needs to continue exactly from `state`."""
+def state_files(handles, optimizer, scheduler, accelerator, global_batch_sizes: tuple[int, ...], state: TrainState,
+                rngs: list[dict]) -> StateFiles:
+    """Everything a resumed run needs to continue exactly from `state`; `rngs` are every process's RNG states."""
     from sdxl_lora.network.kohya import kohya_state_dict
 
     scaler = getattr(accelerator, "scaler", None)
     return StateFiles(train=replace(state), lora=kohya_state_dict(handles),
                       optimizer=optimizer_state(optimizer), scheduler=scheduler.state_dict(),
                       scaler=scaler.state_dict() if scaler is not None else None,
-                      rngs=capture_rngs(noise_generator))
+                      rngs=rngs, global_batch_sizes=global_batch_sizes)
 
 
-def start_state(cfg: RunConfig, plan, handles, optimizer, scheduler, accelerator) -> tuple[TrainState, dict | None]:
+def start_state(cfg: RunConfig, plan, handles, optimizer, scheduler, accelerator,
+                global_batch_sizes: tuple[int, ...] = ()) -> tuple[TrainState, dict | None]:
     """Where the run starts (spec 7.4) and the RNG states to restore once the first batch iterator exists.
 
     --resume restores the LoRA, optimizer, scheduler, GradScaler, position and RNGs exactly. --initial_step /
@@ -168,6 +194,8 @@ def start_state(cfg: RunConfig, plan, handles, optimizer, scheduler, accelerator
     from sdxl_lora.network.kohya import load_kohya_into
 
     train = cfg.train
+    if train.resume:
+        refuse_other_global_batch(train.resume, global_batch_sizes, accelerator)
     resumed = read_state(train.resume, process_index=accelerator.process_index) if train.resume else None
     if resumed is not None:
         try:
@@ -201,7 +229,19 @@ def start_state(cfg: RunConfig, plan, handles, optimizer, scheduler, accelerator
         log.info("starting at step %d (epoch %d%s)", step, state.epoch + 1,
                  f", batch {state.batch}" if state.batch else "")
     accelerator.step = state.micro_step
-    return state, resumed.rngs if resumed is not None else None
+    return state, resumed.rngs[0] if resumed is not None else None
+
+
+def refuse_other_global_batch(folder: Path, global_batch_sizes: tuple[int, ...], accelerator) -> None:
+    """The state's position counts global batches: with another global batch it would point at other images.
+    Every process stops and says why (a launcher may stop the others as soon as one exits)."""
+    saved = json.loads((folder / "train_state.json").read_text()).get("global_batch_sizes")
+    if not saved or tuple(saved) == global_batch_sizes:
+        return
+    raise ConfigError([
+        f"--resume {folder}: saved with global batch sizes {saved} (batch_size x processes), this run has "
+        f"{list(global_batch_sizes)} on {accelerator.num_processes} processes: its position would mean other "
+        "images; keep batch_size x processes the same (e.g. set --train_batch_size or the dataset batch_size)"])
 
 
 def fast_forward(scheduler, steps: int) -> None:

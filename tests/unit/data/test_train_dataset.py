@@ -113,7 +113,7 @@ class Numbered(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.batches
 
-    def batch(self, index: int, step: int) -> tuple[str, int]:
+    def batch(self, index: int, step: int, rank: int = 0) -> tuple[str, int]:
         self.steps.append(step)
         return self.name, index
 

@@ -118,3 +118,25 @@ def test_diffusers_folder_replaces_a_previous_save_and_keeps_other_folders(train
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError):
         _diffusers_folder(trained, folder)
+
+
+def test_adapter_header_is_what_peft_add_adapter_records(base):
+    """The diffusers header as diffusers' / transformers' add_adapter (peft) record it for the same modules, rank
+    and alpha: unet target names condensed to suffixes, the text encoders' name_or_path."""
+    import json
+
+    from peft import LoraConfig
+
+    from sdxl_lora.network.diffusers_format import PREFIX, adapter_metadata
+    from sdxl_lora.network.lora import lora_layers
+
+    handles = build_network(*(copy.deepcopy(m) for m in (base.unet, base.text_encoder, base.text_encoder_2)),
+                            NetworkConfig(network_dim=4, network_alpha=2.0))
+    expected = {}
+    for component, model in handles.models.items():
+        fresh = copy.deepcopy({"unet": base.unet, "te1": base.text_encoder, "te2": base.text_encoder_2}[component])
+        paths = [path for path, _ in lora_layers(model)]
+        fresh.add_adapter(LoraConfig(r=4, lora_alpha=2.0, lora_dropout=0.0, target_modules=paths))
+        for key, value in fresh.peft_config["default"].to_dict().items():
+            expected[f"{PREFIX[component]}.{key}"] = sorted(value) if isinstance(value, set) else value
+    assert json.loads(adapter_metadata(handles)) == json.loads(json.dumps(expected, default=str))

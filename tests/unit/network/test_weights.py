@@ -97,18 +97,26 @@ def test_diffusers_named_kohya_file_and_file_alpha(tiny, trained, tmp_path):
 
 
 def test_diffusers_peft_file_with_adapter_metadata(tiny, tmp_path):
+    """A file as diffusers' own scripts write it: peft adapters on the models, their state dicts and LoraConfigs."""
     from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     source = _randomize(build_network(*_copies(tiny), _cfg(network_alpha=2.0)))
-    unet = source.models["unet"]
+    saved = {}
+    for component, model in zip(("unet", "te1", "te2"), _copies(tiny), strict=True):
+        layers = dict(lora_layers(source.models[component]))
+        model.add_adapter(LoraConfig(r=4, lora_alpha=2.0, target_modules=list(layers)), adapter_name="default")
+        with torch.no_grad():
+            for path, layer in layers.items():
+                peft_layer = model.get_submodule(path)
+                for part in ("lora_A", "lora_B"):
+                    getattr(peft_layer, part)["default"].weight.copy_(getattr(layer, part)["default"].weight)
+        saved[component] = (get_peft_model_state_dict(model), model.peft_config["default"].to_dict())
     StableDiffusionXLPipeline.save_lora_weights(
-        tmp_path, unet_lora_layers=get_peft_model_state_dict(unet),
-        text_encoder_lora_layers=get_peft_model_state_dict(source.models["te1"]),
-        text_encoder_2_lora_layers=get_peft_model_state_dict(source.models["te2"]),
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        text_encoder_lora_adapter_metadata=source.models["te1"].peft_config["default"].to_dict(),
-        text_encoder_2_lora_adapter_metadata=source.models["te2"].peft_config["default"].to_dict())
+        tmp_path, unet_lora_layers=saved["unet"][0], text_encoder_lora_layers=saved["te1"][0],
+        text_encoder_2_lora_layers=saved["te2"][0], unet_lora_adapter_metadata=saved["unet"][1],
+        text_encoder_lora_adapter_metadata=saved["te1"][1], text_encoder_2_lora_adapter_metadata=saved["te2"][1])
     loaded = build_network(*_copies(tiny), _cfg(network_alpha=1.0, network_weights=str(tmp_path)))
     _same(source, loaded)
 

@@ -181,15 +181,16 @@ def _models():
 def test_without_deepspeed_each_trained_model_is_prepared_on_its_own():
     acc, (unet, te1, te2) = Recorder(DistributedType.NO), _models()
     out = prepare_models(acc, _cfg(), unet, te1, te2, "opt", "loader", "sched")
-    assert acc.calls == [("opt", "loader", "sched"), (unet,), (te1, te2)]
+    # The scheduler is not prepared: accelerate would step it once per process; the loop steps it once per step.
+    assert acc.calls == [("opt", "loader"), (unet,), (te1, te2)]
     assert out == (("prepared", unet), ("prepared", te1), ("prepared", te2), ("prepared", "opt"),
-                   ("prepared", "loader"), ("prepared", "sched"))
+                   ("prepared", "loader"), "sched")
 
 
 def test_without_deepspeed_frozen_models_are_not_prepared():
     acc, (unet, te1, te2) = Recorder(DistributedType.MULTI_CPU), _models()
     out = prepare_models(acc, _cfg(train_te=False), unet, te1, te2, "opt", "loader", "sched")
-    assert acc.calls == [("opt", "loader", "sched"), (unet,)]
+    assert acc.calls == [("opt", "loader"), (unet,)]
     assert out[1] is te1 and out[2] is te2
 
 
