@@ -305,15 +305,15 @@ CASES = (
     Case("output_config_without_config_file", lambda r: r.argv("--output_config"),
          ("--output_config", "--config_file")),
     # Options that exist in sd-scripts but do not work here yet are refused, never ignored.
-    Case("not_supported_yet_flag", lambda r: r.argv(ddp_timeout=30), ("--ddp_timeout", "not supported yet")),
+    Case("not_supported_yet_flag", lambda r: r.argv("--debug_dataset"), ("--debug_dataset", "not supported yet")),
     Case("resume_from_huggingface_without_resume", lambda r: r.argv("--resume_from_huggingface"),
          ("--resume_from_huggingface needs --resume", "owner/repo/path")),
     Case("huggingface_repo_type_unknown",
          lambda r: r.argv(huggingface_repo_id="me/lora", huggingface_repo_type="models"),
          ("--huggingface_repo_type models", "model, dataset, space")),
-    Case("not_supported_yet_in_config_file", lambda r: _config_file(r, "[distributed_arguments]\n"
-                                                                       "ddp_static_graph = true\n"),
-         ("--ddp_static_graph", "not supported yet")),
+    Case("not_supported_yet_in_config_file", lambda r: _config_file(r, "[dataset_arguments]\n"
+                                                                       "debug_dataset = true\n"),
+         ("--debug_dataset", "not supported yet")),
     Case("sample_schedule_without_prompts", lambda r: _config_file(r, "[sample_prompt_arguments]\n"
                                                                       "sample_every_n_epochs = 1\n"),
          ("--sample_every_n_epochs", "needs --sample_prompts")),
@@ -380,12 +380,12 @@ def test_every_problem_is_reported_together(tmp_path, capsys, garbage_model):
     toml = r.toml(dataset={"bucket_reso_steps": "20"}, subset={"random_crop": "true"})
     text = toml.read_text() + f"[[datasets.subsets]]\nimage_dir = '{(tmp_path / 'empty_images').as_posix()}'\n"
     write_toml(toml, text)
-    code, lines = run_cli(capsys, r.argv("--full_fp16", "--cache_latents", ddp_timeout=30,
+    code, lines = run_cli(capsys, r.argv("--full_fp16", "--cache_latents", "--debug_dataset",
                                          dataset_config=toml))
     text = "\n".join(lines)
     assert code == 2
     assert all(line.startswith(PREFIX) for line in lines), text
-    for culprit in ("--full_fp16 needs", "--ddp_timeout: not supported yet", "datasets[0].bucket_reso_steps=20",
+    for culprit in ("--full_fp16 needs", "--debug_dataset: not supported yet", "datasets[0].bucket_reso_steps=20",
                     "datasets[0].subsets[0].random_crop", "datasets[0].subsets[1].image_dir"):
         assert sum(culprit in line for line in lines) == 1, f"{culprit!r} in:\n{text}"
 

@@ -104,8 +104,9 @@ def run(cfg: RunConfig) -> RunResult:
     refuse_lone_copies(accelerator.num_processes)  # several launched processes that do not see each other
     refuse_unsupported(cfg, accelerator)
     processes = accelerator.num_processes
-    log.info("%d process%s (%s), this is process %d", processes, "es" if processes > 1 else "",
-             accelerator.distributed_type, accelerator.process_index)
+    if processes > 1:  # one process says nothing: the single-process run stays quiet
+        log.info("%d processes (%s), this is process %d", processes, accelerator.distributed_type,
+                 accelerator.process_index)
     quiet_other_processes(accelerator)
     set_seed(cfg.train.seed)
 
