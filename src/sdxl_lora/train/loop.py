@@ -40,6 +40,7 @@ from sdxl_lora.train.save import RunSaver
 from sdxl_lora.train.schedule import final_name
 from sdxl_lora.train.schedulers import build_scheduler
 from sdxl_lora.train.setup import (
+    allow_tf32,
     compile_unet,
     data_loader,
     enable_gradient_checkpointing,
@@ -108,6 +109,7 @@ def run(cfg: RunConfig) -> RunResult:
         log.info("%d processes (%s), this is process %d", processes, accelerator.distributed_type,
                  accelerator.process_index)
     quiet_other_processes(accelerator)
+    allow_tf32(accelerator.device)  # Ampere and later: float32 matmuls and convolutions in TF32
     set_seed(cfg.train.seed)
 
     # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
