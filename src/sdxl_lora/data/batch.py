@@ -1,7 +1,8 @@
 """The batch a training step receives: one typed object whatever the mode (live images or cached latents).
 
 Every field is filled by the dataset in a DataLoader worker; tensors stay on the CPU until `to(device)`
-(accelerate's prepared loader calls it, so a batch arrives on the training device).
+(accelerate's prepared loader calls it, so a batch arrives on the training device). A loader with pin_memory
+(CUDA runs) calls `pin_memory()` first, so that copy can be non-blocking.
 """
 
 from __future__ import annotations
@@ -83,3 +84,11 @@ class Batch:
         moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved)
+
+    def pin_memory(self) -> Batch:
+        """The batch with every tensor in page-locked host memory (what torch's DataLoader calls on a custom
+        batch type with pin_memory=True): a non-blocking copy to the GPU then overlaps the host's work.
+        Every other field (lists, the shard) is kept as it is."""
+        pinned = {f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+                  if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **pinned)

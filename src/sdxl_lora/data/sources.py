@@ -5,7 +5,8 @@
 the store attached with `set_latents`). `TextSource.conditioning(batch)`: (context (B, L, D), pooled (B, P)) from
 the live text encoders (`EncoderText`) or from a text-encoder output cache (`CachedText`). The loop builds one of
 each and never asks which it has. Models are not imported here: the live sources are handed the VAE and an
-`encode(ids1, ids2)` function.
+`encode(ids1, ids2)` function. Host-to-device copies are non-blocking: the step consumes them on the same CUDA
+stream, so they are ordered before their use (from pageable memory they are synchronous anyway).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class CachedLatents:
         self.scaling_factor, self.device = scaling_factor, device
 
     def latents(self, batch) -> torch.Tensor:
-        return batch.latents.to(self.device, dtype=torch.float32) * self.scaling_factor
+        return batch.latents.to(self.device, dtype=torch.float32, non_blocking=True) * self.scaling_factor
 
 
 class EncoderText:
@@ -68,7 +69,8 @@ class EncoderText:
 
     def conditioning(self, batch) -> Conditioning:
         with torch.set_grad_enabled(self.trains):
-            return self.encode(batch.input_ids_1.to(self.device), batch.input_ids_2.to(self.device))
+            return self.encode(batch.input_ids_1.to(self.device, non_blocking=True),
+                               batch.input_ids_2.to(self.device, non_blocking=True))
 
 
 class CachedText:
@@ -79,6 +81,6 @@ class CachedText:
 
     def conditioning(self, batch) -> Conditioning:
         pairs = [self.store.get(caption, path) for caption, path in zip(batch.captions, batch.paths, strict=True)]
-        context = torch.stack([c for c, _ in pairs]).to(self.device, dtype=self.dtype)
-        pooled = torch.stack([p for _, p in pairs]).to(self.device, dtype=self.dtype)
+        context = torch.stack([c for c, _ in pairs]).to(self.device, dtype=self.dtype, non_blocking=True)
+        pooled = torch.stack([p for _, p in pairs]).to(self.device, dtype=self.dtype, non_blocking=True)
         return context, pooled

@@ -40,7 +40,7 @@ def encode_images(vae, images: torch.Tensor, names: Sequence[str], seeds: Sequen
     with torch.no_grad():
         for start in range(0, images.shape[0], step):
             chunk, chunk_seeds = images[start:start + step], seeds[start:start + step]
-            latents = _encode(vae, chunk.to(device, dtype=vae.dtype), chunk_seeds)
+            latents = _encode(vae, chunk.to(device, dtype=vae.dtype, non_blocking=True), chunk_seeds)
             chunks.append(_repair_non_finite(vae, chunk, latents, names[start:start + step], chunk_seeds, device))
     return torch.cat(chunks)
 

@@ -78,7 +78,7 @@ class RunResult:
 def run(cfg: RunConfig) -> RunResult:
     """Train one LoRA as configured and write it; returns where it went and the per-step losses."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
 
     from sdxl_lora.data.dataset import CacheGroup, build_train_dataset, build_validation_dataset, shuffle_seed
     from sdxl_lora.data.plan import build_plan
@@ -99,7 +99,9 @@ def run(cfg: RunConfig) -> RunResult:
     prompts = check_sample_prompts(cfg)  # a sample prompt file that does not parse stops the run here
     if cfg.hub.resume_from_huggingface and cfg.train.resume is not None:  # the state comes first: it may not exist
         cfg = resume_from_hub(cfg)
+    # Batches reach the device by non-blocking copies (the loader pins them on CUDA; setup.data_loader).
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(non_blocking=True),
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                               **accelerator_kwargs(cfg.log), **distributed.accelerator_kwargs(cfg))
     refuse_lone_copies(accelerator.num_processes)  # several launched processes that do not see each other
@@ -165,7 +167,7 @@ def run(cfg: RunConfig) -> RunResult:
     # Only models that train are prepared; with DeepSpeed together, in one engine with the optimizer.
     unet, te1, te2, optimizer, loader, scheduler = distributed.prepare_models(
         accelerator, cfg, models.unet, models.text_encoder_1, models.text_encoder_2, optimizer,
-        data_loader(dataset, cfg), scheduler, network=getattr(handles, "network", None))
+        data_loader(dataset, cfg, accelerator.device), scheduler, network=getattr(handles, "network", None))
     if len(loader) != plan.batches_per_epoch:
         raise RuntimeError(f"one process's loader has {len(loader)} batches, the plan {plan.batches_per_epoch}")
     _log_plan(plan, dataset, trainable, processes, cfg.train.gradient_accumulation_steps)
@@ -186,7 +188,7 @@ def run(cfg: RunConfig) -> RunResult:
     validate = None
     if valid is not None:
         validate = functools.partial(
-            validation_loss, data_loader(validation_shard(valid, accelerator), cfg),
+            validation_loss, data_loader(validation_shard(valid, accelerator), cfg, accelerator.device),
             fixed_timestep_step(training_step, parts, cfg),
             validation_timesteps(cfg.noise.min_timestep, cfg.noise.max_timestep), cfg.validation.seed,
             cfg.validation.max_steps, device=accelerator.device, optimizer=optimizer,
@@ -302,7 +304,7 @@ def training_step(batch: Batch, parts: StepParts, cfg: RunConfig, generator: tor
         context, pooled = parts.text_source.conditioning(batch)
     # The six size integers stay float32 (bf16 would turn 1365 into 1368); the U-Net casts only their
     # sinusoidal embedding to its dtype.
-    time_ids = size_conditioning(batch).to(acc.device, torch.float32)
+    time_ids = size_conditioning(batch).to(acc.device, torch.float32, non_blocking=True)
     # With several processes drawn for the whole global batch, this process keeping its rows.
     shard = batch.shard
     noise, timesteps, perturbed = noise_math.draw(latents, cfg.noise, generator, shard and shard.rows,
@@ -314,7 +316,8 @@ def training_step(batch: Batch, parts: StepParts, cfg: RunConfig, generator: tor
     target = (noise_math.velocity(parts.alphas_cumprod, latents, noise, timesteps)
               if cfg.loss.v_parameterization else noise)
     loss = losses.training_loss(pred, target, timesteps, cfg=cfg.loss, alphas_cumprod=parts.alphas_cumprod,
-                                snr_table=parts.snr, loss_weights=batch.loss_weights.to(acc.device), mask=batch.masks)
+                                snr_table=parts.snr, loss_weights=batch.loss_weights.to(acc.device, non_blocking=True),
+                                mask=batch.masks)
     return loss * shard.loss_scale if shard else loss  # DDP's gradient mean is then the global batch's
 
 
