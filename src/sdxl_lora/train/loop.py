@@ -83,7 +83,7 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.data.dataset import CacheGroup, build_train_dataset, build_validation_dataset, shuffle_seed
     from sdxl_lora.data.plan import build_plan
     from sdxl_lora.models.load import load_sdxl
-    from sdxl_lora.models.precision import place_models
+    from sdxl_lora.models.precision import place_models, place_unet
     from sdxl_lora.network.build import build_network, merge_base_weights
     from sdxl_lora.network.groups import param_groups
     from sdxl_lora.network.hashes import ModelHashes
@@ -130,7 +130,8 @@ def run(cfg: RunConfig) -> RunResult:
                                      processes=processes)
     # Frozen weights get their final dtypes (fp8 storage included) before LoRA is injected, so LoRA weights are
     # created directly in the network dtype (float32, or the training dtype with --full_fp16/--full_bf16).
-    placement = place_models(models, cfg.model, accelerator.device)
+    # The U-Net reaches the device only after caching (precision.py): caching then holds only VAE and encoders.
+    placement = place_models(models, cfg.model, accelerator.device, defer_unet=True)
 
     # Latents are cached before LoRA exists; the VAE is then not needed on the device any more. Disk caches are
     # written by each machine's first process while its others wait, then read by all; memory caches: by each.
@@ -140,6 +141,7 @@ def run(cfg: RunConfig) -> RunResult:
                                           placement.highvram)
         # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave.
         text_cache = text_cache_for(cfg, models, CacheGroup(dataset, valid), accelerator)
+    place_unet(models.unet, placement)
 
     handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     release_text_encoders(cfg, models, text_cache)

@@ -138,3 +138,31 @@ def test_clip_skip_is_a_warning_and_changes_nothing(tiny_sdxl, tiny_sdxl_dir, ca
 
 def test_highvram_is_carried_for_the_loop():
     assert plan_placement(ModelConfig(pretrained_model_name_or_path="x", highvram=True)).highvram
+
+
+def test_a_deferred_unet_gets_its_fp8_dtype_where_it_was_loaded_and_moves_only_with_place_unet(tiny_sdxl_dir):
+    """The "meta" device stands in for a GPU: what place_models moves there is what a GPU would hold while
+    latents and text outputs are cached."""
+    from sdxl_lora.models.precision import place_unet
+
+    cfg = ModelConfig(pretrained_model_name_or_path=str(tiny_sdxl_dir), mixed_precision="bf16", fp8_base_unet=True)
+    models = load_sdxl(cfg)
+    placement = place_models(models, cfg, "meta", defer_unet=True)
+
+    def devices(model):
+        return {p.device.type for p in model.parameters()}
+
+    assert devices(models.vae) == devices(models.text_encoder_1) == devices(models.text_encoder_2) == {"meta"}
+    assert devices(models.unet) == {"cpu"}
+    assert models.unet.conv_out.weight.dtype == FP8 and models.unet.conv_in.weight.dtype == BF16  # final dtypes
+    place_unet(models.unet, placement)
+    assert devices(models.unet) == {"meta"}
+    assert models.unet.conv_out.weight.dtype == FP8 and models.unet.conv_in.weight.dtype == BF16
+
+
+def test_without_defer_every_model_goes_to_the_device(tiny_sdxl_dir):
+    cfg = ModelConfig(pretrained_model_name_or_path=str(tiny_sdxl_dir))
+    models = load_sdxl(cfg)
+    place_models(models, cfg, "meta")
+    assert {p.device.type for m in (models.unet, models.vae, models.text_encoder_1) for p in m.parameters()} \
+        == {"meta"}
