@@ -110,6 +110,12 @@ def test_check_estimates_peak_gpu_memory_from_the_models_configs(tmp_path, tiny_
     assert memory["peak_bytes"] == max(sum(parts.values()), memory["caching_bytes"])
     assert memory["resolution"] == [64, 64] and memory["batch_size"] == 1
 
+    # Caching holds the VAE and the text encoders; the U-Net is placed after it, unless --lowram loaded it there.
+    assert main(["check", "--json", *argv, "--cache_latents"]) == 0
+    cached = json.loads(capsys.readouterr().out)["memory"]["caching_bytes"]
+    assert main(["check", "--json", *argv, "--cache_latents", "--lowram"]) == 0
+    assert json.loads(capsys.readouterr().out)["memory"]["caching_bytes"] == cached + 2 * unet_params
+
     assert main(["check", "--json", *argv, "--fp8_base"]) == 0
     fp8 = json.loads(capsys.readouterr().out)["memory"]["training_bytes"]["U-Net weights"]
     assert unet_params < fp8 < 2 * unet_params

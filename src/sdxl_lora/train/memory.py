@@ -3,9 +3,10 @@ measured in the first steps of training, with concrete advice when it is at the 
 
 The estimate adds up, for the training phase: the frozen weights that stay on the device in their stored dtypes,
 the LoRA weights, their gradients and optimizer state, the activations of one micro-batch of the largest bucket,
-and the CUDA context; the caching phase (every frozen model on the device while latents and text outputs are
-encoded) is estimated too, and the larger of the two is the peak. Everything but the counting of the models
-(count_models) is plain arithmetic on numbers, so it can be checked by hand.
+and the CUDA context; the caching phase (the VAE and the text encoders on the device while latents and text
+outputs are encoded; the U-Net comes after, or already then with --lowram) is estimated too, and the larger of
+the two is the peak. Everything but the counting of the models (count_models) is plain arithmetic on numbers,
+so it can be checked by hand.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class Settings:
     resolution: tuple[int, int] = (1024, 1024)
     """(width, height) of that dataset's largest bucket."""
     vae_batch_size: int = 1
+    lowram: bool = False
+    """--lowram: the U-Net is loaded straight onto the device, so it is there while caching too."""
 
     @property
     def weight_bytes(self) -> int:
@@ -116,7 +119,8 @@ class Estimate:
     parts: tuple[tuple[str, int], ...]
     """(what, bytes) of the training phase, in the order printed."""
     caching: int
-    """Peak while latents / text outputs are encoded (every frozen model on the device); 0 without caching."""
+    """Peak while latents / text outputs are encoded (VAE and text encoders on the device, the U-Net only with
+    --lowram); 0 without caching."""
 
     @property
     def training(self) -> int:
@@ -211,9 +215,10 @@ def estimate(counts: ModelCounts, s: Settings) -> Estimate:
         ("CUDA context", CUDA_CONTEXT),
     ]
     caching = 0
-    if s.cache_latents or s.cache_text_encoder_outputs:  # place_models put every frozen model on the device
+    if s.cache_latents or s.cache_text_encoder_outputs:  # the loop places the U-Net after caching (precision.py)
         encode = vae_encode_bytes(s, s.vae_batch_size) if s.cache_latents else 0
-        caching = sum(weights.values()) + encode + CUDA_CONTEXT
+        on_device = [c for c in weights if c != "unet" or s.lowram]
+        caching = sum(weights[c] for c in on_device) + encode + CUDA_CONTEXT
     return Estimate(parts=tuple(parts), caching=caching)
 
 
@@ -266,7 +271,8 @@ def render_estimate(counts: ModelCounts, s: Settings, device_total: int | None, 
     if off:
         lines.append(f"    off the device once their outputs are cached: {' and '.join(off)}")
     if est.caching:
-        lines.append(f"  caching (every frozen model on the device, VAE batch {s.vae_batch_size}): "
+        models = "VAE, text encoders and U-Net (--lowram)" if s.lowram else "VAE and text encoders"
+        lines.append(f"  caching ({models} on the device, VAE batch {s.vae_batch_size}): "
                      f"{gib(est.caching)}")
     if device_total is None:
         return lines

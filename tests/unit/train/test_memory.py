@@ -88,9 +88,11 @@ def test_estimate_adds_up_and_caching_moves_encoders_off():
     assert parts["text encoder weights"] == 0 and parts["VAE weights"] == 0
     assert parts["LoRA weights"] == 4 * 12_800 and parts["optimizer state"] == 102_400
     assert est.training == sum(parts.values())
-    # While caching, every frozen model is on the device: 2 x 1.45M weights, the VAE's working set at
-    # vae_batch_size 1 (640 x 2 bytes per pixel of 1024 x 1024), the context.
-    assert est.caching == 2 * 1_450_000 + 640 * 2 * 1024 * 1024 + memory.CUDA_CONTEXT
+    # While caching, the VAE and both text encoders are on the device but not the U-Net (placed after caching):
+    # 2 x (100k + 300k + 50k) weights, the VAE's working set at vae_batch_size 1 (640 x 2 bytes per pixel of
+    # 1024 x 1024), the context. With --lowram the U-Net was loaded onto the device: 2 x 1M more.
+    assert est.caching == 2 * 450_000 + 640 * 2 * 1024 * 1024 + memory.CUDA_CONTEXT
+    assert estimate(COUNTS, replace(s, lowram=True)).caching == est.caching + 2 * 1_000_000
     live = estimate(COUNTS, replace(s, cache_latents=False, cache_text_encoder_outputs=False))
     assert dict(live.parts)["text encoder weights"] == 800_000 and live.caching == 0
     assert estimate(COUNTS, replace(s, gradient_checkpointing=False)).peak > est.peak
