@@ -18,12 +18,28 @@ log = logging.getLogger(__name__)
 
 def check_classes(cfg: RunConfig) -> None:
     """Before any model loads: the optimizer and scheduler classes import (only the chosen package) and accept
-    their --optimizer_args / --lr_scheduler_args; raises ConfigError naming the flag."""
+    their --optimizer_args / --lr_scheduler_args, and --dynamo_backend exists; raises ConfigError naming the flag."""
     from sdxl_lora.train.optim import check_optimizer
     from sdxl_lora.train.schedulers import check_scheduler
 
     check_optimizer(cfg.optim)
     check_scheduler(cfg.optim)
+    check_dynamo_backend(cfg)
+
+
+def check_dynamo_backend(cfg: RunConfig) -> None:
+    """--torch_compile: --dynamo_backend must be a torch.compile backend of this torch (checked before any model
+    loads, not when the U-Net is compiled after loading and caching); unused without --torch_compile."""
+    if not cfg.train.torch_compile:
+        return
+    import torch._dynamo
+
+    from sdxl_lora.config.errors import ConfigError
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if cfg.train.dynamo_backend not in backends:
+        raise ConfigError(f"--dynamo_backend {cfg.train.dynamo_backend}: not a torch.compile backend of this torch "
+                          f"(it has: {', '.join(backends)})")
 
 
 def build_check(cfg: RunConfig) -> dict:

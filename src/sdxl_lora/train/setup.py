@@ -8,7 +8,6 @@ import logging
 
 import torch
 
-from sdxl_lora.config.errors import ConfigError
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.models.text import tokenize
 from sdxl_lora.sample.schedule import sampling_enabled
@@ -137,16 +136,11 @@ def compile_unet(unet, cfg: RunConfig) -> None:
     """--torch_compile: compile the U-Net's forward in place (nn.Module.compile: its state dict keeps its names,
     with no `_orig_mod.` prefix, and the LoRA layers inside it are compiled with it) with --dynamo_backend.
     dynamic=True traces sizes as symbols from the first call, so each bucket and a short last batch reuse the
-    one compiled graph instead of compiling again."""
-    import torch._dynamo
+    one compiled graph instead of compiling again. The backend was checked before loading (check.check_classes)."""
     import torch.fx.experimental._config
 
     if not cfg.train.torch_compile:
         return
-    backends = torch._dynamo.list_backends(exclude_tags=())
-    if cfg.train.dynamo_backend not in backends:
-        raise ConfigError(f"--dynamo_backend {cfg.train.dynamo_backend}: not a torch.compile backend of this torch "
-                          f"(it has: {', '.join(backends)})")
     log.info("compiling the U-Net with torch.compile (backend %s, dynamic sizes); the first step takes longer",
              cfg.train.dynamo_backend)
     # Without this a square first bucket traces height == width and the first oblong bucket compiles again
