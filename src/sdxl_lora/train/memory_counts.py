@@ -5,6 +5,7 @@ RunConfig and the dataset plan; and the real peak read on a CUDA device in the f
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -128,6 +129,10 @@ def memory_report(cfg: RunConfig, datasets: list[dict]) -> dict:
         source = f"SDXL base's configs: the model's own could not be read ({err})"
     counts = count_models(cfg.network, configs)
     settings = settings_for(cfg, datasets)
+    auto_cached = not settings.cache_text_encoder_outputs and auto_text_cache(cfg, settings, counts, configs,
+                                                                              datasets)
+    if auto_cached:
+        settings = replace(settings, cache_text_encoder_outputs=True)
     total, name = None, ""
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -135,12 +140,31 @@ def memory_report(cfg: RunConfig, datasets: list[dict]) -> dict:
     result = estimate(counts, settings)
     lines = render_estimate(counts, settings, total, name)
     lines.insert(1, f"  (models counted from {source}; docs/memory.md says what is counted and how)")
+    if auto_cached:
+        lines.insert(2, "  (frozen text encoders and fixed captions: their outputs are cached before training, as "
+                        "--cache_text_encoder_outputs would, and the encoders leave the device)")
     if cfg.network.lycoris is not None or (cfg.network.network_weights and cfg.network.dim_from_weights):
         which = "LyCORIS" if cfg.network.lycoris is not None else "--dim_from_weights"
         lines.insert(2, f"  ({which}: the network is counted as LoRA of the configured rank, approximately)")
     return {"peak_bytes": result.peak, "training_bytes": dict(result.parts), "caching_bytes": result.caching,
             "lora_parameters": counts.lora_params, "resolution": list(settings.resolution),
             "batch_size": settings.batch_size, "gpu_bytes": total, "lines": lines}
+
+
+def auto_text_cache(cfg: RunConfig, settings: Settings, counts: ModelCounts, configs: dict[str, dict],
+                    datasets: list[dict]) -> bool:
+    """Whether training will cache the text-encoder outputs by itself (setup.auto_text_cache), judged from the
+    configuration: every image and held-out image counted as one distinct caption, plus the empty one."""
+    from sdxl_lora.models.text import num_chunks
+    from sdxl_lora.train.memory import weight_bytes
+    from sdxl_lora.train.setup import auto_text_cache_expected
+
+    captions = 1 + sum(s["images"] + s.get("validation_images", 0) for d in datasets for s in d["subsets"])
+    tokens = num_chunks(cfg.model.max_token_length) * 75 + 2
+    width = configs["te1"]["hidden_size"] + configs["te2"]["hidden_size"]
+    weights = weight_bytes(counts, settings)
+    return auto_text_cache_expected(cfg, captions, (tokens, width), configs["te2"]["projection_dim"],
+                                    weights.get("te1", 0) + weights.get("te2", 0))
 
 
 class MemoryWatch:

@@ -85,7 +85,7 @@ def auto_text_cache(cfg: RunConfig, dataset, settings, encoders) -> bool:
             or not dataset.captions_fixed():
         return False
     captions = len({job.caption for job in dataset.text_jobs()})
-    cache_bytes = captions * (settings.context_shape[0] * settings.context_shape[1] + settings.pooled_shape[0]) * 4
+    cache_bytes = text_cache_bytes(captions, settings.context_shape, settings.pooled_shape[0])
     encoder_bytes = sum(p.numel() * p.element_size() for te in encoders for p in te.parameters())
     if cache_bytes > encoder_bytes:
         log.info("text encoders run in each step: caching the outputs of %d captions would take %.1f GiB, more "
@@ -96,6 +96,26 @@ def auto_text_cache(cfg: RunConfig, dataset, settings, encoders) -> bool:
              "in memory before training (%.0f MiB), as --cache_text_encoder_outputs would", captions,
              cache_bytes / 2**20)
     return True
+
+
+def text_cache_bytes(captions: int, context_shape: tuple[int, int], pooled_dim: int) -> int:
+    """Host memory of the in-memory text-encoder cache: float32 context (tokens x width) and pooled output per
+    distinct caption."""
+    return captions * (context_shape[0] * context_shape[1] + pooled_dim) * 4
+
+
+def auto_text_cache_expected(cfg: RunConfig, captions: int, context_shape: tuple[int, int], pooled_dim: int,
+                             encoder_bytes: int) -> bool:
+    """auto_text_cache's decision from the configuration alone (`sdxl-lora check`'s memory estimate), with
+    `captions` an upper bound of the distinct captions: the captions of every subset are fixed (captions.is_fixed)
+    and the cache is no larger than the encoders."""
+    from sdxl_lora.data.captions import is_fixed
+
+    if cfg.data.cache_text_encoder_outputs_to_disk or cfg.network.train_text_encoder:
+        return False
+    if not all(is_fixed(subset) for dataset in cfg.data.datasets for subset in dataset.subsets):
+        return False
+    return text_cache_bytes(captions, context_shape, pooled_dim) <= encoder_bytes
 
 
 def release_text_encoders(cfg: RunConfig, models, text_cache) -> None:
