@@ -58,11 +58,13 @@ class Events:
     written: list[Path] = field(default_factory=list)
     validation_losses: list[tuple[int, float]] = field(default_factory=list)
     """(step, validation loss) of every validation run."""
+    text_cached: bool | None = None
+    """Whether the text-encoder outputs are cached (the memory advice then does not suggest it)."""
     memory: MemoryWatch = field(init=False)
     """Reads the real peak GPU memory in the first steps; warns once when it is within 5% of the card."""
 
     def __post_init__(self) -> None:
-        self.memory = MemoryWatch(self.cfg)
+        self.memory = MemoryWatch(self.cfg, self.text_cached)
 
     @property
     def main(self) -> bool:

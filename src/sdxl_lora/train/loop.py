@@ -205,7 +205,7 @@ def run(cfg: RunConfig) -> RunResult:
     trackers.start(accelerator, cfg.args)
     events = Events(
         cfg, accelerator, saver, trackers=trackers, num_epochs=plan.num_epochs, validate=validate,
-        prompts=tuple(prompts), sample=sample,
+        prompts=tuple(prompts), sample=sample, text_cached=text_cache is not None,
         progress=Progress(Path(cfg.save.output_dir) / f"{final_name(cfg.save.output_name)}-status.json",
                           total_steps=plan.max_train_steps, num_epochs=plan.num_epochs, start_step=state.step,
                           enabled=accelerator.is_main_process),

@@ -170,8 +170,12 @@ def auto_text_cache(cfg: RunConfig, settings: Settings, counts: ModelCounts, con
 class MemoryWatch:
     """The real peak after each of the first WATCH_STEPS steps on a CUDA device; warns once near the limit."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, text_cached: bool | None = None) -> None:
+        """`text_cached`: whether training cached the text-encoder outputs (also by itself, for frozen encoders
+        with fixed captions); None takes --cache_text_encoder_outputs."""
         self.settings = settings_for(cfg)
+        if text_cached is not None:
+            self.settings = replace(self.settings, cache_text_encoder_outputs=text_cached)
         self.done = False
 
     def after_step(self, step: int, device: torch.device) -> str | None:

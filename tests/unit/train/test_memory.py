@@ -200,6 +200,18 @@ def test_memory_watch_warns_once_in_the_first_steps(monkeypatch, tiny_cfg):
     assert late.after_step(1, torch.device("cpu")) is None and fake.calls == 2
 
 
+def test_the_watch_does_not_suggest_a_text_cache_that_training_already_made(tiny_cfg, monkeypatch):
+    """Frozen encoders with fixed captions are cached without --cache_text_encoder_outputs: the loop says so."""
+    monkeypatch.setattr(memory_counts, "device_peak", lambda device: (int(7.9 * 2**30), 8 * 2**30))
+    cfg = replace(tiny_cfg, network=replace(tiny_cfg.network, train_text_encoder=False))
+    assert not cfg.data.cache_text_encoder_outputs
+    cuda = torch.device("cuda")
+    told = memory_counts.MemoryWatch(cfg, text_cached=True).after_step(1, cuda)
+    flags_only = memory_counts.MemoryWatch(cfg).after_step(1, cuda)
+    assert "--cache_text_encoder_outputs" in flags_only
+    assert "--cache_text_encoder_outputs" not in told
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path, tiny_model_dir):
     from helpers import make_images
