@@ -9,23 +9,12 @@ import logging
 
 import pytest
 
-from helpers import make_images
 from sdxl_lora.cli import main
 from sdxl_lora.config.build import build_run_config
 from sdxl_lora.config.parser import parse_command_line
 from sdxl_lora.config.schema import DistributedConfig
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
-
-
-@pytest.fixture(scope="module")
-def base_argv(tmp_path_factory):
-    """A valid command line needing no model on disk (`check` does not load one)."""
-    root = tmp_path_factory.mktemp("dist")
-    make_images(root / "img" / "2_ohwx dog", [(64, 64)])
-    return ["--pretrained_model_name_or_path=stabilityai/stable-diffusion-xl-base-1.0",
-            f"--train_data_dir={root / 'img'}", f"--output_dir={root / 'out'}", "--resolution=64",
-            "--network_module=networks.lora"]
 
 
 def _config(base_argv, *extra):
