@@ -2,8 +2,10 @@
 
 Reading never runs code: `.ckpt`/`.pt`/`.pth`/`.bin` go through `torch.load(weights_only=True)` (memory-mapped
 unless --disable_mmap_load_safetensors, when the file is in torch's zip format), and a pickle that asks for
-anything beyond tensors is refused. `.safetensors` tensors are read one at a time with plain reads at the offsets
-the header gives (never memory-mapped, whatever the flag), so memory holds the model plus one tensor.
+anything beyond tensors is refused. `.safetensors` tensors are read with plain positional reads at the offsets the
+header gives (never memory-mapped, whatever the flag), by several threads at once (`Checkpoint.load`): straight
+into the final tensor when the file's dtype is kept, else through one reused staging buffer per thread, so memory
+holds the model plus a few tensors and every byte of the model is touched once.
 Writing streams a `.safetensors` file tensor by tensor (header first, then the bytes), so peak memory stays at
 the model itself; every write goes to a temporary file beside the target, renamed into place at the end.
 """
@@ -11,14 +13,18 @@ the model itself; every write goes to a temporary file beside the target, rename
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import os
 import pickle
 import re
 import struct
+import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 
@@ -32,6 +38,13 @@ SAFETENSORS_DTYPES = {
 }
 SAFETENSORS_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 ALIGN = 8  # safetensors pads its header so tensor data starts 8-byte aligned
+Loader: TypeAlias = Callable[[str, "torch.dtype | None", "torch.device | str"], torch.Tensor]
+
+
+def _cast(get: Callable[[str], torch.Tensor], key: str, dtype: torch.dtype | None,
+          device: torch.device | str) -> torch.Tensor:
+    tensor = get(key)
+    return tensor.to(device=device, dtype=dtype or tensor.dtype) if tensor.is_floating_point() else tensor
 
 
 class Checkpoint:
@@ -39,7 +52,7 @@ class Checkpoint:
 
     def __init__(self, path: Path, keys: Sequence[str], metadata: Mapping[str, str],
                  get: Callable[[str], torch.Tensor], meta: Callable[[str], torch.Tensor],
-                 close: Callable[[], None] = lambda: None):
+                 close: Callable[[], None] = lambda: None, load: Loader | None = None):
         self.path = path
         """The file, for messages."""
         self.keys = list(keys)
@@ -50,6 +63,9 @@ class Checkpoint:
         """name -> the tensor, read now (a new CPU tensor in the file's dtype)."""
         self.meta = meta
         """name -> an empty tensor on the meta device with the stored shape and dtype (nothing is read)."""
+        self.load = load or functools.partial(_cast, get)
+        """(name, dtype, device) -> the tensor in its final form: floating-point tensors in `dtype` (None keeps the
+        file's) on `device`, others as stored, on the CPU. Safe to call from several threads at once."""
         self.close = close
 
 
@@ -68,28 +84,64 @@ def open_checkpoint(path: Path, mmap: bool = True) -> Iterator[Checkpoint]:
 
 def _open_safetensors(path: Path) -> Checkpoint:
     """Tensors are read with plain file reads into fresh buffers, never memory-mapped: a mapped file's pages
-    count as resident while the map is open, so a cast-while-loading would hold the file and the model at once."""
+    count as resident while the map is open, so a cast-while-loading would hold the file and the model at once.
+    Reads are positional (os.preadv on one descriptor), so threads read at once without sharing a file position."""
     size = path.stat().st_size
-    f = open(path, "rb")  # closed by Checkpoint.close
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))  # closed by Checkpoint.close
     try:
-        entries, metadata, data_start = _safetensors_header(f, size)
+        with open(fd, "rb", closefd=False) as f:
+            entries, metadata, data_start = _safetensors_header(f, size)
     except (ValueError, KeyError, TypeError, AttributeError, struct.error) as err:  # JSON errors are ValueErrors
-        f.close()
+        os.close(fd)
         raise ModelLoadError(f"{path}: cannot read it as .safetensors (truncated or corrupt?): {err}") from None
+    staging, pread = threading.local(), _positional_reader(fd)  # one reused buffer per thread, for casts
+
+    def read_into(key: str, out: torch.Tensor) -> torch.Tensor:
+        _, _, (begin, end) = entries[key]
+        view, done = memoryview(out.numpy()).cast("B"), 0
+        while done < end - begin:
+            got = pread(view[done:], data_start + begin + done)
+            if got <= 0:
+                raise ModelLoadError(f"{path}: cannot read it as .safetensors (truncated or corrupt?): {key} is "
+                                     "cut off")
+            done += got
+        return out
 
     def tensor(key: str) -> torch.Tensor:
         dtype, shape, (begin, end) = entries[key]
-        buffer = torch.empty(end - begin, dtype=torch.uint8)
-        f.seek(data_start + begin)
-        if f.readinto(memoryview(buffer.numpy())) != end - begin:
-            raise ModelLoadError(f"{path}: cannot read it as .safetensors (truncated or corrupt?): {key} is cut off")
-        return buffer.view(dtype).reshape(shape)
+        return read_into(key, torch.empty(end - begin, dtype=torch.uint8)).view(dtype).reshape(shape)
+
+    def load(key: str, dtype: torch.dtype | None, device: torch.device | str) -> torch.Tensor:
+        stored, shape, (begin, end) = entries[key]
+        final = dtype if dtype is not None and stored.is_floating_point else stored
+        if final == stored and torch.device(device).type == "cpu" or not stored.is_floating_point:
+            return tensor(key)  # read once, straight into the tensor the model keeps
+        buffer = getattr(staging, "buffer", None)
+        if buffer is None or buffer.numel() < end - begin:
+            buffer = staging.buffer = torch.empty(end - begin, dtype=torch.uint8)
+        raw = read_into(key, buffer[:end - begin]).view(stored).reshape(shape)
+        return torch.empty(shape, dtype=final, device=device).copy_(raw)
 
     def meta(key: str) -> torch.Tensor:
         dtype, shape, _ = entries[key]
         return torch.empty(shape, dtype=dtype, device="meta")
 
-    return Checkpoint(path, list(entries), metadata, tensor, meta, close=f.close)
+    return Checkpoint(path, list(entries), metadata, tensor, meta, close=lambda: os.close(fd), load=load)
+
+
+def _positional_reader(fd: int) -> Callable[[memoryview, int], int]:
+    """(buffer, offset) -> bytes read into it from `offset`; os.preadv where the platform has it (no shared file
+    position, so threads read at once), else seek + read under a lock (Windows)."""
+    if hasattr(os, "preadv"):
+        return lambda view, offset: os.preadv(fd, [view], offset)
+    f, lock = open(fd, "rb", buffering=0, closefd=False), threading.Lock()
+
+    def read(view: memoryview, offset: int) -> int:
+        with lock:
+            f.seek(offset)
+            return f.readinto(view) or 0
+
+    return read
 
 
 def _safetensors_header(f, size: int) -> tuple[dict, dict[str, str], int]:

@@ -3,14 +3,16 @@
 `ss_sd_model_hash` (legacy): the first 8 hex digits of SHA-256 over the 0x10000 bytes at offset 0x100000;
 `ss_new_sd_model_hash`: SHA-256 of the whole file; the same pair for --vae (`ss_vae_hash`, `ss_new_vae_hash`).
 sd-scripts hashes a 7 GB checkpoint (about 20 s) before the first step; here the thread starts when the run
-starts and the first save waits for it. Hub ids and diffusers folders get no hash (sd-scripts cannot hash a
-folder either).
+starts and the first save waits for it, at the lowest CPU priority, so that it takes only cores that loading,
+caching and training leave idle (on 2 cores it had slowed the load it ran beside by several seconds). Hub ids and
+diffusers folders get no hash (sd-scripts cannot hash a folder either).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -36,6 +38,14 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def lowest_priority() -> None:
+    """Give the calling thread the lowest scheduling priority (nice 19) where threads have their own (Linux)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # no setpriority (Windows), or not allowed
+        pass
+
+
 class ModelHashes:
     """The base-model and VAE hash keys, computed once in a daemon thread started by the constructor."""
 
@@ -46,6 +56,7 @@ class ModelHashes:
         self._thread.start()
 
     def _compute(self) -> None:
+        lowest_priority()
         for key, path in self._files.items():
             try:
                 self._keys[f"ss_{key}_hash"] = legacy_hash(path)

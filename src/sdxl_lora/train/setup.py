@@ -128,9 +128,13 @@ def release_text_encoders(cfg: RunConfig, models, text_cache) -> None:
 def release(*modules) -> None:
     """Free frozen weights nothing will read again: they become meta tensors (shape and dtype, no storage), so
     the module objects stay valid while their memory, host or device, goes back. Moving them to "cpu" would
-    keep them in host memory (and is no move at all in a CPU run)."""
+    keep them in host memory (and is no move at all in a CPU run). The freed heap pages are then returned to the
+    system (host_memory), or the process would stay as large as before."""
+    from sdxl_lora.common.host_memory import return_freed_memory
+
     for module in modules:
         module.to("meta")
+    return_freed_memory()
 
 
 def text_source_for(cfg: RunConfig, te1, te2, device, projection=None):

@@ -254,3 +254,30 @@ def test_a_tensor_sdxl_does_not_have_is_one_line(files, tmp_path):
         read_single_file(path)
     assert str(err.value) == (f"{path}: its U-Net (model.diffusion_model.*) holds 'extra_block.weight', which "
                               "SDXL's layout does not have")
+
+
+def _mixed_file(path):
+    """float16 tensors, largest first (so later ones reuse a slice of a thread's staging buffer), and integers."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = {f"t{i}": torch.randn(n, 3, generator=generator).half() for i, n in enumerate([500, 7, 333, 1, 64] * 8)}
+    tensors["ids"] = torch.arange(77, dtype=torch.int64)
+    tensors["scalar"] = torch.tensor(2.5, dtype=torch.float16)
+    save_file(tensors, path)
+    return tensors
+
+
+@pytest.mark.parametrize("positional", [True, False], ids=["preadv", "seek-and-read"])
+def test_threads_load_every_tensor_cast_or_as_stored(tmp_path, monkeypatch, positional):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdxl_lora.models.checkpoint_io import open_checkpoint
+
+    if not positional:  # the platform without os.preadv (Windows) reads under a lock
+        monkeypatch.delattr(os, "preadv", raising=False)
+    want = _mixed_file(tmp_path / "mixed.safetensors")
+    with open_checkpoint(tmp_path / "mixed.safetensors") as ckpt, ThreadPoolExecutor(4) as pool:
+        for dtype in (torch.float32, torch.bfloat16, None):
+            got = dict(zip(want, pool.map(lambda k, d=dtype: ckpt.load(k, d, "cpu"), want), strict=True))
+            for key, tensor in want.items():
+                expected = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                assert got[key].dtype == expected.dtype and torch.equal(got[key], expected), (dtype, key)
