@@ -9,9 +9,10 @@ Options: --model tiny|full, --steps N (measured steps), --warmup W (steps droppe
 --resolution (default 128 tiny, 1024 full), --batch, --precision no|fp16|bf16 (--mixed_precision; default bf16 on
 CUDA, no on the CPU), --device cpu|cuda (the whole process's; default cuda when present), --threads T (torch's CPU
 threads), --micro_rounds R, --no_overheads, --peak_tflops T, --model_dir DIR (keep the random full-size model
-there and reuse it), --compare A B [C ...] (must come last). Every other argument is a trainer flag, passed on
-unchanged (e.g. --cache_latents --cache_text_encoder_outputs --gradient_checkpointing --fp8_base
---optimizer_type AdamW8bit).
+there and reuse it), --model_file FILE (a full-size SDXL single file to train on instead, e.g. the one
+benchmarks/load_memory.py --keep writes; implies --model full), --compare A B [C ...] (must come last). Every
+other argument is a trainer flag, passed on unchanged (e.g. --cache_latents --cache_text_encoder_outputs
+--gradient_checkpointing --fp8_base --optimizer_type AdamW8bit).
 
 What runs: the trainer's own CLI (sdxl_lora.cli.main) on a dataset of `batch` random images at the resolution
 (one bucket, enough repeats for one epoch), with LoRA rank 8 alpha 8 on the U-Net only, for warmup + steps
@@ -26,8 +27,8 @@ How it measures (the production code is not changed; this process wraps two of i
   peak_gpu_mem is torch.cuda.max_memory_allocated over the run; the *_steps variants cover the measured steps.
 - After the run, at the step's shapes and dtype, timed alternately for `micro_rounds` rounds (medians): the
   trained LoRA U-Net's forward+backward (gradients to the LoRA weights), the run's own optimizer step on them,
-  and a frozen U-Net of the same config and weight storage (random weights, fp8 with --fp8_base, checkpointed
-  when the run was) doing forward+backward to its input latents. lora_overhead = LoRA / frozen;
+  and the same U-Net frozen (its LoRA layers bypassed: the same weights and storage, fp8 with --fp8_base,
+  checkpointed when the run was) doing forward+backward to its input latents. lora_overhead = LoRA / frozen;
   step_overhead = s_per_step / (LoRA + optimizer step).
 - flops_per_step: torch.utils.flop_counter.FlopCounterMode over one forward+backward of the trained LoRA U-Net
   at the step's shapes, without gradient checkpointing's recomputation (the model's FLOPs: a run with
@@ -85,9 +86,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no_overheads", action="store_true", help="skip the micro-timings (and their memory)")
     parser.add_argument("--peak_tflops", type=float, help="the device's peak for the compute dtype")
     parser.add_argument("--model_dir", type=Path, help="where the random full-size model is kept and reused")
+    parser.add_argument("--model_file", type=Path, help="a full-size SDXL single file to use (implies --model full)")
     parser.add_argument("--rounds", type=int, default=3, help="--compare: runs of each option set")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default torch's: one per core)")
     opts, flags = parser.parse_known_args(argv)
+    if opts.model_file is not None:
+        opts.model = "full"
     if opts.warmup < 1 or opts.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
     if opts.resolution is None:
@@ -142,7 +146,9 @@ def random_model(model, dtype, device, generator):
 
 
 def model_path(opts: argparse.Namespace, workdir: Path, made: dict) -> Path:
-    """The model folder for --model, written once per process (or once in --model_dir)."""
+    """The model folder for --model, written once per process (or once in --model_dir), or --model_file."""
+    if opts.model_file is not None:
+        return opts.model_file
     if opts.model in made:
         return made[opts.model]
     if opts.model == "tiny":
@@ -324,22 +330,27 @@ def forward_backward(unet, x: dict, wd, input_grad: bool) -> None:
     torch.nn.functional.mse_loss(pred.float(), x["target"]).backward()
 
 
-def frozen_unet(config, cfg, device, checkpointing: bool):
-    """A U-Net of the same config, frozen, its weights stored as the run stores them (W, or fp8)."""
-    import torch
+@contextlib.contextmanager
+def lora_bypassed(unet):
+    """The trained U-Net as the frozen one: each LoRA layer runs only its base layer (same weights, same storage,
+    fp8 included, same checkpointing), so no second U-Net is held (a float32 SDXL U-Net is 9.6 GiB)."""
+    from sdxl_lora.network.layer import LoraLayer
 
-    from sdxl_lora.models.configs import build_empty
+    layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
+    if not layers:
+        raise SystemExit("the micro-timings need networks.lora layers in the U-Net (use --no_overheads)")
+    for layer in layers:
+        layer.forward = layer.base_layer.forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
-    wd = weight_dtype(cfg)
-    unet = random_model(build_empty("unet", dict(config)), wd, device, torch.Generator(device).manual_seed(2))
-    unet.requires_grad_(False)
-    if cfg.model.fp8_base or cfg.model.fp8_base_unet:
-        from sdxl_lora.models.fp8 import store_in_fp8
 
-        store_in_fp8(unet, wd, keep=("conv_in",))  # as models/precision.py places the trained U-Net
-    if checkpointing:
-        unet.enable_gradient_checkpointing()
-    return unet.train()
+def frozen_forward_backward(unet, x: dict, wd) -> None:
+    with lora_bypassed(unet):
+        forward_backward(unet, x, wd, input_grad=True)
 
 
 def unet_timings(unet, optimizers: list, cfg, opts: argparse.Namespace, s_per_step: float) -> dict:
@@ -350,7 +361,6 @@ def unet_timings(unet, optimizers: list, cfg, opts: argparse.Namespace, s_per_st
     device = next(unet.parameters()).device
     cuda, wd = device.type == "cuda", weight_dtype(cfg)
     x = step_inputs(unet.config, cfg, opts, device)
-    frozen = frozen_unet(unet.config, cfg, device, bool(getattr(unet, "is_gradient_checkpointing", False)))
     unet.train()
 
     def timed(fn) -> float:
@@ -369,7 +379,7 @@ def unet_timings(unet, optimizers: list, cfg, opts: argparse.Namespace, s_per_st
             optimizer.zero_grad(set_to_none=True)
 
     passes = {"lora": functools.partial(forward_backward, unet, x, wd, input_grad=False),
-              "frozen": functools.partial(forward_backward, frozen, x, wd, input_grad=True)}
+              "frozen": functools.partial(frozen_forward_backward, unet, x, wd)}
     seconds = {"lora": [], "frozen": [], "optimizer": []}
     for round_ in range(opts.micro_rounds + 1):  # round 0 warms up
         for name in ("frozen", "lora") if round_ % 2 else ("lora", "frozen"):
