@@ -1,5 +1,12 @@
 """Base-model hashes of spec 4.1/4.2 on a pinned test vector (expected values from coreutils' sha256sum)."""
 
+import os
+import sys
+import threading
+
+import pytest
+
+from sdxl_lora.network import hashes
 from sdxl_lora.network.hashes import ModelHashes, legacy_hash, sha256_file
 
 # bytes 0..255 repeated to 0x120000 bytes; `sha256sum vec.bin` and
@@ -27,3 +34,19 @@ def test_background_hashes_for_model_and_vae_files_only(tmp_path):
         "ss_vae_hash": "7daca209", "ss_new_vae_hash": WHOLE}
     # a hub id and a diffusers folder are not hashed
     assert ModelHashes("stabilityai/stable-diffusion-xl-base-1.0", str(tmp_path)).metadata() == {}
+
+
+def test_the_hash_thread_runs_at_the_lowest_priority_and_the_caller_keeps_its_own(tmp_path, monkeypatch):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are Linux's")
+    seen = {}
+    real = hashes.legacy_hash
+
+    def spy(path):
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return real(path)
+
+    monkeypatch.setattr(hashes, "legacy_hash", spy)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert ModelHashes(str(_vector(tmp_path / "model.safetensors"))).metadata()["ss_sd_model_hash"] == "7daca209"
+    assert seen["nice"] == 19 and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
