@@ -2,10 +2,10 @@
 
 `ss_sd_model_hash` (legacy): the first 8 hex digits of SHA-256 over the 0x10000 bytes at offset 0x100000;
 `ss_new_sd_model_hash`: SHA-256 of the whole file; the same pair for --vae (`ss_vae_hash`, `ss_new_vae_hash`).
-sd-scripts hashes a 7 GB checkpoint (about 20 s) before the first step; here the thread starts when the run
-starts and the first save waits for it, at the lowest CPU priority, so that it takes only cores that loading,
-caching and training leave idle (on 2 cores it had slowed the load it ran beside by several seconds). Hub ids and
-diffusers folders get no hash (sd-scripts cannot hash a folder either).
+sd-scripts hashes a 7 GB checkpoint (about 20 s) before the first step; here the thread starts once the models
+are loaded (the file is then in the page cache: started beside the load, it made the disk serve two streams) and
+the first save waits for it. It runs at the lowest CPU priority, so it takes only cores that caching and
+training leave idle. Hub ids and diffusers folders get no hash (sd-scripts cannot hash a folder either).
 """
 
 from __future__ import annotations

@@ -93,8 +93,6 @@ def run(cfg: RunConfig) -> RunResult:
     from sdxl_lora.sample.generate import generate_samples, sample_settings
 
     session_id, started_at = random.randint(0, 2**32), time.time()
-    # Hashing a multi-GB base model for the metadata runs in a background thread from here to the first save.
-    model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     check_classes(cfg)  # optimizer/scheduler packages and arguments, before any weight is read
     prompts = check_sample_prompts(cfg)  # a sample prompt file that does not parse stops the run here
     if cfg.hub.resume_from_huggingface and cfg.train.resume is not None:  # the state comes first: it may not exist
@@ -118,6 +116,9 @@ def run(cfg: RunConfig) -> RunResult:
     # loaded tokenizers. Its shuffle seed is what sd-scripts draws right after global seeding.
     data_plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
     models = load_sdxl(cfg.model, accelerator.device)
+    # Hashing the multi-GB base model for the metadata runs in a background thread from here to the first save:
+    # after the load, so that it reads the file from the page cache instead of competing with the load for it.
+    model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     # --base_weights change the frozen weights: merged before fp8/dtype placement and before LoRA exists.
     merge_base_weights(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     tokens = functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
