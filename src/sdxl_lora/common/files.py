@@ -1,8 +1,10 @@
 """Outputs appear whole or not at all: write to a temporary name beside the target, then rename it into place.
 
 The temporary name is made by hand (hidden, with the process id and a random part), not by `tempfile`, so the
-file or folder gets the usual permissions (umask) rather than tempfile's owner-only ones. It sits in the target's
-folder, so the final rename never crosses a file system and is atomic.
+file or folder gets the usual permissions (umask) rather than tempfile's owner-only ones; a file whose writer made
+it owner-only anyway (safetensors 0.8's save_file writes 0600) gets them before the rename, so a LoRA is as
+readable as sd-scripts' (0644 under the usual umask 022) to a web UI running as another user. It sits in the
+target's folder, so the final rename never crosses a file system and is atomic.
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the mask means setting it; put back at once
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
 
 
 def _temporary_name(target: Path) -> Path:
@@ -28,6 +39,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp = _temporary_name(target)
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

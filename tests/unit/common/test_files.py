@@ -6,6 +6,8 @@ import os
 import stat
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from sdxl_lora.common.files import atomic_folder, atomic_path
 
@@ -20,6 +22,16 @@ def test_atomic_path_renames_into_place_with_umask_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_file_its_writer_made_owner_only_gets_umask_permissions(tmp_path):
+    """safetensors 0.8's save_file writes 0600; a LoRA must be readable as sd-scripts' is (0644 under umask 022)."""
+    target = tmp_path / "lora.safetensors"
+    with atomic_path(target) as tmp:
+        save_file({"a": torch.zeros(2)}, tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask == 0o644
 
 
 def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
