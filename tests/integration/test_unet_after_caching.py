@@ -1,12 +1,13 @@
-"""The U-Net reaches the training device only after latents and text outputs are cached (issue 12): caching
-holds only the VAE and the text encoders on the device, and LoRA is built on the placed U-Net."""
+"""The U-Net is loaded and reaches the training device only after latents and text outputs are cached and the
+frozen VAE and text encoders are released (issue 12): caching holds only the VAE and the text encoders, the host
+never holds all four models, and LoRA is built on the placed U-Net."""
 
 from __future__ import annotations
 
 from helpers import make_images, train_keeping_result, write_toml
-from sdxl_lora.models import precision
+from sdxl_lora.models import load, precision
 from sdxl_lora.network import build
-from sdxl_lora.train import loop
+from sdxl_lora.train import loop, setup
 
 
 def test_caching_runs_before_the_unet_is_placed_and_lora_after(tiny_model_dir, tmp_path, monkeypatch):
@@ -34,6 +35,8 @@ def test_caching_runs_before_the_unet_is_placed_and_lora_after(tiny_model_dir, t
     monkeypatch.setattr(loop, "latent_source_for", recorded("latents", loop.latent_source_for))
     monkeypatch.setattr(loop, "text_cache_for", recorded("text", loop.text_cache_for))
     monkeypatch.setattr(build, "build_network", recorded("lora", build.build_network))
+    monkeypatch.setattr(load, "load_unet", recorded("load_unet", load.load_unet))
+    monkeypatch.setattr(setup, "release", recorded("release", setup.release))
     code, result = train_keeping_result([
         f"--pretrained_model_name_or_path={tiny_model_dir}", f"--dataset_config={toml}",
         f"--output_dir={tmp_path / 'out'}", "--output_name=lora", "--network_module=networks.lora",
@@ -41,4 +44,5 @@ def test_caching_runs_before_the_unet_is_placed_and_lora_after(tiny_model_dir, t
         "--cache_latents", "--cache_text_encoder_outputs"])
     assert code == 0
     assert deferred == [True]
-    assert events == ["latents", "text", "place_unet", "lora"]
+    # the VAE is released in latent caching, the encoders after text caching; then the U-Net is loaded
+    assert events == ["latents", "release", "text", "release", "load_unet", "place_unet", "lora"]

@@ -25,7 +25,8 @@ from sdxl_lora.models.phases import loading
 from sdxl_lora.models.precision import load_dtypes, plan_placement
 from sdxl_lora.models.single_file import read_single_file, read_vae_file
 
-__all__ = ["ModelLoadError", "SdxlModels", "detect_source", "load_sdxl", "load_vae", "training_noise_scheduler"]
+__all__ = ["ModelLoadError", "SdxlModels", "detect_source", "load_sdxl", "load_unet", "load_vae",
+           "training_noise_scheduler"]
 
 logger = logging.getLogger(__name__)
 TOKENIZER_2_PAD = "!"  # OpenCLIP pads with id 0, which is "!" in CLIP's vocabulary
@@ -38,7 +39,7 @@ class SdxlModels:
     """Everything sd-scripts loads for SDXL LoRA training; all weights frozen, in eval mode."""
 
     unet: Any
-    """diffusers UNet2DConditionModel."""
+    """diffusers UNet2DConditionModel; None until `load_unet` when load_sdxl was asked for no U-Net."""
     vae: Any
     """diffusers AutoencoderKL."""
     text_encoder_1: Any
@@ -53,8 +54,10 @@ class SdxlModels:
     """DDPMScheduler with sd-scripts' training schedule (spec 5.1)."""
 
 
-def load_sdxl(cfg: ModelConfig, device: torch.device | str | None = None) -> SdxlModels:
-    """Load U-Net, VAE, both text encoders, both tokenizers and the training noise scheduler.
+def load_sdxl(cfg: ModelConfig, device: torch.device | str | None = None, unet: bool = True) -> SdxlModels:
+    """Load U-Net, VAE, both text encoders, both tokenizers and the training noise scheduler; with unet=False
+    all but the U-Net (a training run loads it with `load_unet` once latents and text outputs are cached and the
+    frozen encoders are released, so that the host never holds all four models).
 
     Weights come in their final dtypes (precision.load_dtypes); on CPU, or on `device` with --lowram.
     """
@@ -63,29 +66,46 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | str | None = None) -> Sdx
     if cfg.clip_skip is not None:
         logger.warning("--clip_skip %s: SDXL conditioning ignores it, as sd-scripts does; it is only recorded "
                        "in the LoRA metadata", cfg.clip_skip)
-    source = cfg.pretrained_model_name_or_path
-    kind = detect_source(source)
-    wanted = COMPONENTS_BUT_VAE if cfg.vae else (*COMPONENTS_BUT_VAE, "vae")
+    kind = detect_source(cfg.pretrained_model_name_or_path)
+    wanted = (COMPONENTS_BUT_VAE if unet else COMPONENTS_BUT_VAE[1:]) + (() if cfg.vae else ("vae",))
+    parts = _components(cfg, kind, wanted, dtypes, target)
     try:
-        if kind == "single_file":
-            parts = read_single_file(Path(source).expanduser(), dtypes=dtypes, device=target,
-                                     mmap=not cfg.disable_mmap_load_safetensors, components=wanted)
-            tokenizers = _offline_tokenizers()
-        else:
-            root = _diffusers_root(source, kind)
-            parts = {}
-            for c in wanted:
-                with loading(c):
-                    parts[c] = load_component(root, c, dtypes[c], target)
-            tokenizers = _folder_tokenizers(root)
+        tokenizers = _offline_tokenizers() if kind == "single_file" else _folder_tokenizers(_root(cfg, kind))
     except ModelLoadError as err:
         raise err.for_flag(FLAG) from None
     if cfg.vae:
         with loading("vae"):
             parts["vae"] = load_vae(cfg.vae, dtypes["vae"], target, mmap=not cfg.disable_mmap_load_safetensors)
-    return SdxlModels(unet=parts["unet"], vae=parts["vae"], text_encoder_1=parts["te1"],
+    return SdxlModels(unet=parts.get("unet"), vae=parts["vae"], text_encoder_1=parts["te1"],
                       text_encoder_2=parts["te2"], tokenizer_1=tokenizers[0], tokenizer_2=tokenizers[1],
                       noise_scheduler=training_noise_scheduler())
+
+
+def load_unet(cfg: ModelConfig, device: torch.device | str | None = None):
+    """The U-Net alone, as load_sdxl would have loaded it (dtype, --lowram device)."""
+    placement = plan_placement(cfg, device or "cpu")
+    target = placement.device if cfg.lowram else torch.device("cpu")
+    kind = detect_source(cfg.pretrained_model_name_or_path)
+    return _components(cfg, kind, ("unet",), load_dtypes(placement), target)["unet"]
+
+
+def _components(cfg: ModelConfig, kind: str, wanted: tuple[str, ...], dtypes, target) -> dict[str, Any]:
+    """component -> frozen model from --pretrained_model_name_or_path; errors name the flag."""
+    try:
+        if kind == "single_file":
+            return read_single_file(Path(cfg.pretrained_model_name_or_path).expanduser(), dtypes=dtypes,
+                                    device=target, mmap=not cfg.disable_mmap_load_safetensors, components=wanted)
+        root, parts = _root(cfg, kind), {}
+        for c in wanted:
+            with loading(c):
+                parts[c] = load_component(root, c, dtypes[c], target)
+        return parts
+    except ModelLoadError as err:
+        raise err.for_flag(FLAG) from None
+
+
+def _root(cfg: ModelConfig, kind: str) -> Path:
+    return _diffusers_root(cfg.pretrained_model_name_or_path, kind)
 
 
 def _diffusers_root(source: str, kind: str) -> Path:

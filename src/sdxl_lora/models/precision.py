@@ -17,8 +17,10 @@ its backward pass fails, see fp8.py.)
 Everything goes to `device` (the loader already put it there with --lowram). In a training run the U-Net goes
 last (`defer_unet`, then `place_unet` after latents and text outputs are cached): while they are encoded only the
 VAE and the text encoders are on the device (sd-scripts does this too), so caching is no longer the peak of a
-run (at 1024 px with checkpointing it was about 8.5 GiB against 6.5 GiB while training). The deferred U-Net gets
-its final dtype (fp8 storage included) where it was loaded, and reaches the device already that small.
+run (at 1024 px with checkpointing it was about 8.5 GiB against 6.5 GiB while training). Unless --base_weights
+are merged into it first, the U-Net is even loaded only then (`load_unet`), after the frozen encoders and VAE
+were released, so the host never holds all four (full-size SDXL in float32: peak 13.5 -> 10.x GiB). The deferred
+U-Net gets its final dtype (fp8 storage included) where it was loaded, and reaches the device already that small.
 `load_sdxl` materializes weights straight in these dtypes (fp8 parts in W), so placing costs no extra copy of a
 model.
 
@@ -96,23 +98,26 @@ def load_dtypes(placement: Placement) -> dict[str, torch.dtype]:
 
 def place_models(models, cfg: ModelConfig, device: torch.device | str, defer_unet: bool = False) -> Placement:
     """Freeze the U-Net, VAE and both text encoders and give each its dtype and device; call before LoRA.
-    `defer_unet`: the U-Net gets its dtype where it is (the host, or the device with --lowram) and moves to the
-    device only with `place_unet`, after caching."""
+    `defer_unet`: the U-Net (loaded or not yet, models.unet None) is left alone for `place_unet`, after caching."""
     placement = plan_placement(cfg, device)
     encoders = (models.text_encoder_1, models.text_encoder_2)
-    for model in (models.unet, models.vae, *encoders):
+    for model in (models.vae, *encoders):
         model.requires_grad_(False)
         model.eval()
     move(models.vae, placement.device, placement.vae_dtype)
-    unet_device = _device_of(models.unet) if defer_unet else placement.device
-    _place(models.unet, placement.unet_dtype, placement, keep=UNET_KEEP, device=unet_device)
     for encoder in encoders:
         _place(encoder, placement.text_encoder_dtype, placement)
+    if not defer_unet:
+        place_unet(models.unet, placement)
     return placement
 
 
 def place_unet(unet: nn.Module, placement: Placement) -> None:
-    """Move the U-Net place_models deferred to the device, in the dtypes it already has (fp8 storage too)."""
+    """Freeze the U-Net, give it its dtypes where it is (the host, or the device with --lowram; fp8 storage
+    too), then move it to the device already that small."""
+    unet.requires_grad_(False)
+    unet.eval()
+    _place(unet, placement.unet_dtype, placement, keep=UNET_KEEP, device=_device_of(unet))
     unet.to(placement.device)
 
 

@@ -82,7 +82,7 @@ def run(cfg: RunConfig) -> RunResult:
 
     from sdxl_lora.data.dataset import CacheGroup, build_train_dataset, build_validation_dataset, shuffle_seed
     from sdxl_lora.data.plan import build_plan
-    from sdxl_lora.models.load import load_sdxl
+    from sdxl_lora.models.load import load_sdxl, load_unet
     from sdxl_lora.models.precision import place_models, place_unet
     from sdxl_lora.network.build import build_network, merge_base_weights
     from sdxl_lora.network.groups import param_groups
@@ -115,7 +115,9 @@ def run(cfg: RunConfig) -> RunResult:
     # The datasets are scanned before any weight is read (bad data stops the run early); the dataset needs the
     # loaded tokenizers. Its shuffle seed is what sd-scripts draws right after global seeding.
     data_plan = build_plan(cfg.data.datasets, skip_bad_files=cfg.data.skip_bad_files)
-    models = load_sdxl(cfg.model, accelerator.device)
+    # The U-Net is loaded after caching (below), when the frozen encoders have been released, unless
+    # --base_weights are merged into it and the encoders before anything is cached.
+    models = load_sdxl(cfg.model, accelerator.device, unet=bool(cfg.network.base_weights))
     # Hashing the multi-GB base model for the metadata runs in a background thread from here to the first save:
     # after the load, so that it reads the file from the page cache instead of competing with the load for it.
     model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
@@ -142,10 +144,18 @@ def run(cfg: RunConfig) -> RunResult:
                                           placement.highvram)
         # Text-encoder outputs are cached from the frozen encoders (their LoRA does not train), which then leave.
         text_cache = text_cache_for(cfg, models, CacheGroup(dataset, valid), accelerator)
+    # Frozen encoders whose outputs are cached leave before the U-Net is loaded, so the host never holds all four
+    # models; LyCORIS builds modules on every model, trained or not, so with it they leave after it is built.
+    lycoris = cfg.network.lycoris is not None
+    if not lycoris:
+        release_text_encoders(cfg, models, text_cache)
+    if models.unet is None:
+        models.unet = load_unet(cfg.model, accelerator.device)
     place_unet(models.unet, placement)
 
     handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
-    release_text_encoders(cfg, models, text_cache)
+    if lycoris:
+        release_text_encoders(cfg, models, text_cache)
     trainable = {c: handles.parameters(c) for c in ("unet", "te1", "te2")}
     for params in trainable.values():
         for p in params:

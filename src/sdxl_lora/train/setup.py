@@ -119,8 +119,8 @@ def auto_text_cache_expected(cfg: RunConfig, captions: int, context_shape: tuple
 
 
 def release_text_encoders(cfg: RunConfig, models, text_cache) -> None:
-    """Free the frozen text encoders once their outputs are cached, unless samples need them. After the network
-    is built: LoRA injection walks every model (LyCORIS too)."""
+    """Free the frozen text encoders once their outputs are cached, unless samples need them. LoRA only freezes
+    an encoder it does not train (meta weights are fine); LyCORIS builds modules on it, so that comes first."""
     if text_cache is not None and not cfg.network.train_text_encoder and not sampling_enabled(cfg.sample):
         release(models.text_encoder_1, models.text_encoder_2)
 

@@ -142,7 +142,7 @@ def test_highvram_is_carried_for_the_loop():
 
 def test_a_deferred_unet_gets_its_fp8_dtype_where_it_was_loaded_and_moves_only_with_place_unet(tiny_sdxl_dir):
     """The "meta" device stands in for a GPU: what place_models moves there is what a GPU would hold while
-    latents and text outputs are cached."""
+    latents and text outputs are cached; place_unet stores the U-Net in fp8 on the host, then moves it."""
     from sdxl_lora.models.precision import place_unet
 
     cfg = ModelConfig(pretrained_model_name_or_path=str(tiny_sdxl_dir), mixed_precision="bf16", fp8_base_unet=True)
@@ -153,11 +153,30 @@ def test_a_deferred_unet_gets_its_fp8_dtype_where_it_was_loaded_and_moves_only_w
         return {p.device.type for p in model.parameters()}
 
     assert devices(models.vae) == devices(models.text_encoder_1) == devices(models.text_encoder_2) == {"meta"}
-    assert devices(models.unet) == {"cpu"}
-    assert models.unet.conv_out.weight.dtype == FP8 and models.unet.conv_in.weight.dtype == BF16  # final dtypes
+    assert devices(models.unet) == {"cpu"} and models.unet.conv_out.weight.dtype == BF16  # untouched
+    moved, real_to = [], models.unet.to
+
+    def to(*args, **kwargs):
+        moved.append((models.unet.conv_out.weight.dtype, models.unet.conv_out.weight.device.type, args, kwargs))
+        return real_to(*args, **kwargs)
+
+    models.unet.to = to
     place_unet(models.unet, placement)
+    assert moved[-1][:2] == (FP8, "cpu") and torch.device(*moved[-1][2]).type == "meta"  # fp8 before the move
     assert devices(models.unet) == {"meta"}
     assert models.unet.conv_out.weight.dtype == FP8 and models.unet.conv_in.weight.dtype == BF16
+
+
+def test_load_sdxl_without_the_unet_and_load_unet_later_give_the_same_models(tiny_sdxl_dir):
+    from sdxl_lora.models.load import load_unet
+
+    cfg = ModelConfig(pretrained_model_name_or_path=str(tiny_sdxl_dir), mixed_precision="bf16")
+    whole, parts = load_sdxl(cfg), load_sdxl(cfg, unet=False)
+    assert parts.unet is None and parts.tokenizer_1 is not None and parts.text_encoder_2 is not None
+    later = load_unet(cfg)
+    want = whole.unet.state_dict()
+    assert later.state_dict().keys() == want.keys()
+    assert all(t.dtype == BF16 and torch.equal(t, want[k]) for k, t in later.state_dict().items())
 
 
 def test_without_defer_every_model_goes_to_the_device(tiny_sdxl_dir):
