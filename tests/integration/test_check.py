@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from helpers import make_images, write_toml
 from sdxl_lora.cli import main
@@ -110,10 +112,15 @@ def test_check_estimates_peak_gpu_memory_from_the_models_configs(tmp_path, tiny_
     assert memory["peak_bytes"] == max(sum(parts.values()), memory["caching_bytes"])
     assert memory["resolution"] == [64, 64] and memory["batch_size"] == 1
 
-    # Caching holds the VAE and the text encoders; the U-Net is placed after it, unless --lowram loaded it there.
+    # Caching holds the VAE and the text encoders; the U-Net is loaded after it, even with --lowram, unless
+    # --base_weights are merged into it first: then --lowram loads it onto the device before caching.
     assert main(["check", "--json", *argv, "--cache_latents"]) == 0
     cached = json.loads(capsys.readouterr().out)["memory"]["caching_bytes"]
     assert main(["check", "--json", *argv, "--cache_latents", "--lowram"]) == 0
+    assert json.loads(capsys.readouterr().out)["memory"]["caching_bytes"] == cached
+    base = tmp_path / "base.safetensors"
+    save_file({"lora_unet_conv_in.lora_down.weight": torch.zeros(1, 4, 3, 3)}, base)
+    assert main(["check", "--json", *argv, "--cache_latents", "--lowram", "--base_weights", str(base)]) == 0
     assert json.loads(capsys.readouterr().out)["memory"]["caching_bytes"] == cached + 2 * unet_params
 
     assert main(["check", "--json", *argv, "--fp8_base"]) == 0

@@ -4,9 +4,9 @@ measured in the first steps of training, with concrete advice when it is at the 
 The estimate adds up, for the training phase: the frozen weights that stay on the device in their stored dtypes,
 the LoRA weights, their gradients and optimizer state, the activations of one micro-batch of the largest bucket,
 and the CUDA context; the caching phase (the VAE and the text encoders on the device while latents and text
-outputs are encoded; the U-Net comes after, or already then with --lowram) is estimated too, and the larger of
-the two is the peak. Everything but the counting of the models (count_models) is plain arithmetic on numbers,
-so it can be checked by hand.
+outputs are encoded; the U-Net is loaded after, or already then with --lowram and --base_weights) is estimated
+too, and the larger of the two is the peak. Everything but the counting of the models (count_models) is plain
+arithmetic on numbers, so it can be checked by hand.
 """
 
 from __future__ import annotations
@@ -100,8 +100,9 @@ class Settings:
     resolution: tuple[int, int] = (1024, 1024)
     """(width, height) of that dataset's largest bucket."""
     vae_batch_size: int = 1
-    lowram: bool = False
-    """--lowram: the U-Net is loaded straight onto the device, so it is there while caching too."""
+    unet_while_caching: bool = False
+    """--lowram with --base_weights: the U-Net is loaded before caching (the base weights are merged into it and
+    the encoders first) and straight onto the device, so it is there while caching too."""
 
     @property
     def weight_bytes(self) -> int:
@@ -120,7 +121,7 @@ class Estimate:
     """(what, bytes) of the training phase, in the order printed."""
     caching: int
     """Peak while latents / text outputs are encoded (VAE and text encoders on the device, the U-Net only with
-    --lowram); 0 without caching."""
+    --lowram and --base_weights); 0 without caching."""
 
     @property
     def training(self) -> int:
@@ -217,7 +218,7 @@ def estimate(counts: ModelCounts, s: Settings) -> Estimate:
     caching = 0
     if s.cache_latents or s.cache_text_encoder_outputs:  # the loop places the U-Net after caching (precision.py)
         encode = vae_encode_bytes(s, s.vae_batch_size) if s.cache_latents else 0
-        on_device = [c for c in weights if c != "unet" or s.lowram]
+        on_device = [c for c in weights if c != "unet" or s.unet_while_caching]
         caching = sum(weights[c] for c in on_device) + encode + CUDA_CONTEXT
     return Estimate(parts=tuple(parts), caching=caching)
 
@@ -271,7 +272,7 @@ def render_estimate(counts: ModelCounts, s: Settings, device_total: int | None, 
     if off:
         lines.append(f"    off the device once their outputs are cached: {' and '.join(off)}")
     if est.caching:
-        models = "VAE, text encoders and U-Net (--lowram)" if s.lowram else "VAE and text encoders"
+        models = "VAE, text encoders and U-Net (--lowram)" if s.unet_while_caching else "VAE and text encoders"
         lines.append(f"  caching ({models} on the device, VAE batch {s.vae_batch_size}): "
                      f"{gib(est.caching)}")
     if device_total is None:

@@ -113,7 +113,7 @@ def settings_for(cfg: RunConfig, datasets: list[dict] | None = None) -> Settings
         fused_backward_pass=o.fused_backward_pass, gradient_checkpointing=cfg.train.gradient_checkpointing,
         cache_latents=cfg.data.cache_latents, cache_text_encoder_outputs=cfg.data.cache_text_encoder_outputs,
         train_text_encoder=cfg.network.train_text_encoder, batch_size=batch, resolution=size,
-        vae_batch_size=cfg.data.vae_batch_size, lowram=m.lowram)
+        vae_batch_size=cfg.data.vae_batch_size, unet_while_caching=m.lowram and bool(cfg.network.base_weights))
 
 
 def memory_report(cfg: RunConfig, datasets: list[dict]) -> dict:

@@ -90,9 +90,10 @@ def test_estimate_adds_up_and_caching_moves_encoders_off():
     assert est.training == sum(parts.values())
     # While caching, the VAE and both text encoders are on the device but not the U-Net (placed after caching):
     # 2 x (100k + 300k + 50k) weights, the VAE's working set at vae_batch_size 1 (640 x 2 bytes per pixel of
-    # 1024 x 1024), the context. With --lowram the U-Net was loaded onto the device: 2 x 1M more.
+    # 1024 x 1024), the context. With --lowram and --base_weights the U-Net was loaded onto the device before
+    # caching: 2 x 1M more.
     assert est.caching == 2 * 450_000 + 640 * 2 * 1024 * 1024 + memory.CUDA_CONTEXT
-    assert estimate(COUNTS, replace(s, lowram=True)).caching == est.caching + 2 * 1_000_000
+    assert estimate(COUNTS, replace(s, unet_while_caching=True)).caching == est.caching + 2 * 1_000_000
     live = estimate(COUNTS, replace(s, cache_latents=False, cache_text_encoder_outputs=False))
     assert dict(live.parts)["text encoder weights"] == 800_000 and live.caching == 0
     assert estimate(COUNTS, replace(s, gradient_checkpointing=False)).peak > est.peak
