@@ -5,6 +5,7 @@ because library logging and imports are process-wide."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,11 @@ def test_training_run_is_quiet_and_reports_each_loading_phase(tiny_model_output,
     assert "bitsandbytes imported: False" in output
     for label in ("U-Net", "text encoder 1", "text encoder 2", "VAE"):
         assert sum(f"loaded {label} in " in line and line.rstrip().endswith(" s") for line in output.splitlines()) == 1
+    # A log line written while the progress bar is drawn gets a line of its own, not the end of the bar's line
+    # (the bar redraws with "\r"; the final save is logged before the bar closes).
+    drawn = re.split(r"[\r\n]", output)
+    assert any("INFO sdxl_lora.train.events: saved " in part for part in drawn)
+    assert [part for part in drawn if "steps:" in part and " INFO " in part] == []
     assert "saved " in output
 
 

@@ -11,6 +11,7 @@ at each read from the main process's clock, so a NaN on one process stops all of
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sdxl_lora.common.files import atomic_path
 
@@ -105,6 +107,12 @@ class Progress:
         self.start_step, self.started = start_step, time.monotonic()
         self.bar = tqdm(total=total_steps, initial=start_step, desc="steps", disable=not enabled, smoothing=0.1,
                         dynamic_ncols=True)
+        # While the bar is drawn, console log lines go through tqdm.write (the bar is cleared, the line printed on
+        # a line of its own, the bar redrawn below it) instead of being appended to the bar's line.
+        self._logs_above_bar = logging_redirect_tqdm([logging.getLogger("sdxl_lora")], type(self.bar)) \
+            if enabled else None
+        if self._logs_above_bar is not None:
+            self._logs_above_bar.__enter__()
         self.facts: dict = {"phase": "starting", "step": start_step, "max_steps": total_steps,
                             "epoch": None, "num_epochs": num_epochs, "loss": None, "lr": [], "s_per_step": None,
                             "eta_s": None, "last_saved": None}
@@ -133,6 +141,9 @@ class Progress:
     def finish(self, phase: str, **extra) -> None:
         """'done' or 'failed' (with the reason): the bar closes and the status file says so."""
         self.bar.close()
+        if self._logs_above_bar is not None:
+            self._logs_above_bar.__exit__(None, None, None)
+            self._logs_above_bar = None
         self.facts.update(phase=phase, **extra)
         if phase == "done":
             self.facts["eta_s"] = 0.0
