@@ -61,8 +61,7 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | str | None = None, unet: 
 
     Weights come in their final dtypes (precision.load_dtypes); on CPU, or on `device` with --lowram.
     """
-    placement = plan_placement(cfg, device or "cpu")
-    dtypes, target = load_dtypes(placement), placement.device if cfg.lowram else torch.device("cpu")
+    dtypes, target = _destination(cfg, device)
     if cfg.clip_skip is not None:
         logger.warning("--clip_skip %s: SDXL conditioning ignores it, as sd-scripts does; it is only recorded "
                        "in the LoRA metadata", cfg.clip_skip)
@@ -70,7 +69,8 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | str | None = None, unet: 
     wanted = (COMPONENTS_BUT_VAE if unet else COMPONENTS_BUT_VAE[1:]) + (() if cfg.vae else ("vae",))
     parts = _components(cfg, kind, wanted, dtypes, target)
     try:
-        tokenizers = _offline_tokenizers() if kind == "single_file" else _folder_tokenizers(_root(cfg, kind))
+        tokenizers = _offline_tokenizers() if kind == "single_file" else \
+            _folder_tokenizers(_diffusers_root(cfg.pretrained_model_name_or_path, kind))
     except ModelLoadError as err:
         raise err.for_flag(FLAG) from None
     if cfg.vae:
@@ -83,10 +83,15 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | str | None = None, unet: 
 
 def load_unet(cfg: ModelConfig, device: torch.device | str | None = None):
     """The U-Net alone, as load_sdxl would have loaded it (dtype, --lowram device)."""
+    dtypes, target = _destination(cfg, device)
+    return _components(cfg, detect_source(cfg.pretrained_model_name_or_path), ("unet",), dtypes, target)["unet"]
+
+
+def _destination(cfg: ModelConfig, device: torch.device | str | None) -> tuple[dict[str, torch.dtype], torch.device]:
+    """Each component's load dtype (precision.load_dtypes), and where weights are materialized: the CPU, or the
+    device with --lowram."""
     placement = plan_placement(cfg, device or "cpu")
-    target = placement.device if cfg.lowram else torch.device("cpu")
-    kind = detect_source(cfg.pretrained_model_name_or_path)
-    return _components(cfg, kind, ("unet",), load_dtypes(placement), target)["unet"]
+    return load_dtypes(placement), placement.device if cfg.lowram else torch.device("cpu")
 
 
 def _components(cfg: ModelConfig, kind: str, wanted: tuple[str, ...], dtypes, target) -> dict[str, Any]:
@@ -95,17 +100,13 @@ def _components(cfg: ModelConfig, kind: str, wanted: tuple[str, ...], dtypes, ta
         if kind == "single_file":
             return read_single_file(Path(cfg.pretrained_model_name_or_path).expanduser(), dtypes=dtypes,
                                     device=target, mmap=not cfg.disable_mmap_load_safetensors, components=wanted)
-        root, parts = _root(cfg, kind), {}
+        root, parts = _diffusers_root(cfg.pretrained_model_name_or_path, kind), {}
         for c in wanted:
             with loading(c):
                 parts[c] = load_component(root, c, dtypes[c], target)
         return parts
     except ModelLoadError as err:
         raise err.for_flag(FLAG) from None
-
-
-def _root(cfg: ModelConfig, kind: str) -> Path:
-    return _diffusers_root(cfg.pretrained_model_name_or_path, kind)
 
 
 def _diffusers_root(source: str, kind: str) -> Path:

@@ -13,7 +13,6 @@ Configs come from the file when it records them, else from SDXL base's shipped c
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from sdxl_lora.common.files import atomic_folder
-from sdxl_lora.common.host_memory import return_freed_memory
+from sdxl_lora.common.host import cpus, return_freed_memory
 from sdxl_lora.models import configs as cfgs
 from sdxl_lora.models.checkpoint_io import (
     Checkpoint,
@@ -47,7 +46,7 @@ DESCRIPTION = {"unet": "U-Net (model.diffusion_model.*)", "vae": "VAE (first_sta
                "te2": "text encoder 2 (conditioner.embedders.1.model.*)"}
 VAE_ONLY_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 WRITABLE = (".safetensors", ".ckpt", ".pt")
-READERS = min(8, max(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2))
+READERS = min(8, max(4, cpus()))
 
 
 def group_keys(keys: Iterable[str], prefixes: Mapping[str, str] = FILE_PREFIX) -> dict[str, list[str]]:

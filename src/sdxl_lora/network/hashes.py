@@ -4,8 +4,8 @@
 `ss_new_sd_model_hash`: SHA-256 of the whole file; the same pair for --vae (`ss_vae_hash`, `ss_new_vae_hash`).
 sd-scripts hashes a 7 GB checkpoint (about 20 s) before the first step; here the thread starts once the models
 are loaded (the file is then in the page cache: started beside the load, it made the disk serve two streams) and
-the first save waits for it. It runs at the lowest CPU priority, so it takes only cores that caching and
-training leave idle. Hub ids and diffusers folders get no hash (sd-scripts cannot hash a folder either).
+the first save waits for it. It runs at the lowest CPU priority, so it takes only cores that training leaves
+idle. Hub ids and diffusers folders get no hash (sd-scripts cannot hash a folder either).
 """
 
 from __future__ import annotations

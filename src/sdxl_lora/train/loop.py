@@ -118,9 +118,6 @@ def run(cfg: RunConfig) -> RunResult:
     # The U-Net is loaded after caching (below), when the frozen encoders have been released, unless
     # --base_weights are merged into it and the encoders before anything is cached.
     models = load_sdxl(cfg.model, accelerator.device, unet=bool(cfg.network.base_weights))
-    # Hashing the multi-GB base model for the metadata runs in a background thread from here to the first save:
-    # after the load, so that it reads the file from the page cache instead of competing with the load for it.
-    model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
     # --base_weights change the frozen weights: merged before fp8/dtype placement and before LoRA exists.
     merge_base_weights(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     tokens = functools.partial(tokenize, models.tokenizer_1, models.tokenizer_2,
@@ -152,6 +149,9 @@ def run(cfg: RunConfig) -> RunResult:
     if models.unet is None:
         models.unet = load_unet(cfg.model, accelerator.device)
     place_unet(models.unet, placement)
+    # Hashing the multi-GB base model for the metadata runs in a background thread from here to the first save:
+    # after every load, so that it reads the file from the page cache instead of competing with loading for it.
+    model_hashes = ModelHashes(cfg.model.pretrained_model_name_or_path, cfg.model.vae)
 
     handles = build_network(models.unet, models.text_encoder_1, models.text_encoder_2, cfg.network)
     if lycoris:

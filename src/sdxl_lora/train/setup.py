@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from sdxl_lora.common.host import cpus, return_freed_memory
 from sdxl_lora.config.schema import RunConfig
 from sdxl_lora.models.text import tokenize
 from sdxl_lora.sample.schedule import sampling_enabled
@@ -129,9 +130,7 @@ def release(*modules) -> None:
     """Free frozen weights nothing will read again: they become meta tensors (shape and dtype, no storage), so
     the module objects stay valid while their memory, host or device, goes back. Moving them to "cpu" would
     keep them in host memory (and is no move at all in a CPU run). The freed heap pages are then returned to the
-    system (host_memory), or the process would stay as large as before."""
-    from sdxl_lora.common.host_memory import return_freed_memory
-
+    system (common/host.py), or the process would stay as large as before."""
     for module in modules:
         module.to("meta")
     return_freed_memory()
@@ -188,12 +187,6 @@ def allow_tf32(device) -> bool:
     torch.backends.cudnn.allow_tf32 = True
     log.info("compute capability %d.%d: float32 matmuls and convolutions use TF32", major, minor)
     return True
-
-
-def cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def data_loader(dataset, cfg: RunConfig, device=None) -> torch.utils.data.DataLoader:

@@ -1,4 +1,4 @@
-"""Giving freed host memory back to the operating system.
+"""The host machine: the cores this process may use, and giving freed memory back to the operating system.
 
 glibc serves blocks below its mmap threshold (which grows up to 32 MiB as large blocks are freed) from its heaps
 and keeps them resident when they are freed, for reuse. After the frozen text encoders and VAE are released, or
@@ -12,6 +12,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
+
+
+def cpus() -> int:
+    """Cores this process may run on (its affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @functools.cache

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdxl_lora.common.host_memory import return_freed_memory
+from sdxl_lora.common.host import return_freed_memory
 from sdxl_lora.train.setup import release
 
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
