@@ -10,9 +10,10 @@ Options: --model tiny|full, --steps N (measured steps), --warmup W (steps droppe
 CUDA, no on the CPU), --device cpu|cuda (the whole process's; default cuda when present), --threads T (torch's CPU
 threads), --micro_rounds R, --no_overheads, --peak_tflops T, --model_dir DIR (keep the random full-size model
 there and reuse it), --model_file FILE (a full-size SDXL single file to train on instead, e.g. the one
-benchmarks/load_memory.py --keep writes; implies --model full), --compare A B [C ...] (must come last). Every
-other argument is a trainer flag, passed on unchanged (e.g. --cache_latents --cache_text_encoder_outputs
---gradient_checkpointing --fp8_base --optimizer_type AdamW8bit).
+benchmarks/load_memory.py --keep writes; implies --model full), --profile (the last warm-up step under
+torch.profiler, summed by kind of op: benchmarks/step_profile.py; needs --warmup 2 or more), --compare A B [C ...]
+(must come last). Every other argument is a trainer flag, passed on unchanged (e.g. --cache_latents
+--cache_text_encoder_outputs --gradient_checkpointing --fp8_base --optimizer_type AdamW8bit).
 
 What runs: the trainer's own CLI (sdxl_lora.cli.main) on a dataset of `batch` random images at the resolution
 (one bucket, enough repeats for one epoch), with LoRA rank 8 alpha 8 on the U-Net only, for warmup + steps
@@ -56,6 +57,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import step_profile
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 RANK = 8
 PEAK_TFLOPS = (  # dense tensor-core peaks from the vendors' data sheets (SXM/PCIe as named), per compute dtype
@@ -89,11 +92,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--model_file", type=Path, help="a full-size SDXL single file to use (implies --model full)")
     parser.add_argument("--rounds", type=int, default=3, help="--compare: runs of each option set")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default torch's: one per core)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the last warm-up step by kind of op (benchmarks/step_profile.py)")
     opts, flags = parser.parse_known_args(argv)
     if opts.model_file is not None:
         opts.model = "full"
     if opts.warmup < 1 or opts.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
+    if opts.profile and opts.warmup < 2:
+        parser.error("--profile profiles the last warm-up step after the first: it needs --warmup 2 or more")
     if opts.resolution is None:
         opts.resolution = 128 if opts.model == "tiny" else 1024
     if opts.resolution % 64:
@@ -192,8 +199,9 @@ class Probe:
     """While entered: step boundaries from Events.step_done, the RunResult of train.loop.run and the optimizers
     that stepped (a global torch optimizer hook); the production code itself is untouched."""
 
-    def __init__(self, warmup: int, cuda: bool):
-        self.warmup, self.cuda = warmup, cuda
+    def __init__(self, warmup: int, cuda: bool, profile: bool = False):
+        self.warmup, self.cuda, self.profile = warmup, cuda, profile
+        self.profiler = self.profiled = None
         self.boundaries: list[float] = []
         self.cfg = self.result = None
         self.optimizers: dict[int, object] = {}
@@ -211,7 +219,14 @@ class Probe:
         def step_done(events_self, *args, **kwargs):
             if probe.cuda:
                 torch.cuda.synchronize()  # the step's queued kernels belong to it
-            probe.boundaries.append(time.perf_counter())
+            now = time.perf_counter()
+            if probe.profiler is not None:  # the profiled (last warm-up) step ends here
+                probe.profiler.stop()
+                probe.profiled = (probe.profiler, now - probe.boundaries[-1])
+                probe.profiler, now = None, time.perf_counter()  # measured steps start with the profiler off
+            probe.boundaries.append(now)
+            if probe.profile and len(probe.boundaries) == probe.warmup - 1:
+                probe.profiler = step_profile.start(probe.cuda)
             probe.cfg = events_self.cfg
             if len(probe.boundaries) == probe.warmup:  # the measured steps start here
                 probe.peaks_before_steps = (host_peak(), gpu_peak(probe.cuda))
@@ -257,7 +272,7 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
     reset_accelerate()
     reset_peaks(cuda)
     note(f"training: {shlex.join(flags) or '(no extra flags)'}")
-    with Probe(opts.warmup, cuda) as probe, contextlib.redirect_stdout(sys.stderr):
+    with Probe(opts.warmup, cuda, opts.profile) as probe, contextlib.redirect_stdout(sys.stderr):
         code = cli(argv)
     if code != 0:
         raise SystemExit(f"bench_train: the training run failed (exit status {code}); its messages are above")
@@ -270,6 +285,10 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
     times = probe.step_times()
     if len(times) != opts.steps:
         raise SystemExit(f"bench_train: {len(times) + opts.warmup} step boundaries seen, {total} expected")
+    profile = None
+    if probe.profiled is not None:
+        profile = step_profile.summarize(probe.profiled[0].key_averages(), probe.profiled[1], cuda)
+        note(f"profile of the last warm-up step: {json.dumps(profile)}")
     cfg, unet, optimizers = probe.cfg, probe.result.models.unet, list(probe.optimizers.values())
     del probe  # the text encoders, VAE and data go with the run's result
     gc.collect()
@@ -277,6 +296,8 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
     images = opts.batch * cfg.train.gradient_accumulation_steps
     micro = (dict(lora_overhead=None, step_overhead=None) if opts.no_overheads
              else unet_timings(unet, optimizers, cfg, opts, s_per_step))
+    if profile is not None:
+        profile["executed_flops"] = executed_flops_by_kind(unet, cfg, opts)
     flops = count_flops(unet, cfg, opts)
     peak = peak_tflops(cfg, opts.peak_tflops)
     del unet, optimizers
@@ -287,7 +308,7 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
         s_per_step=s_per_step, images_per_s=images / s_per_step, flops_per_step=flops,
         flops_counted_over="LoRA U-Net forward+backward at the step's shapes (without checkpoint recomputation)",
         fraction_of_peak=flops / s_per_step / (peak["peak_tflops"] * 1e12) if peak["peak_tflops"] else None,
-        **peak, **peaks, **micro, step_times=[round(t, 6) for t in times],
+        **peak, **peaks, **micro, step_times=[round(t, 6) for t in times], profile=profile,
         model=opts.model, device="cuda" if cuda else "cpu", resolution=opts.resolution, batch=opts.batch,
         precision=cfg.model.mixed_precision, flags=flags, steps=opts.steps, warmup=opts.warmup,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps, threads=torch.get_num_threads(),
@@ -393,6 +414,23 @@ def unet_timings(unet, optimizers: list, cfg, opts: argparse.Namespace, s_per_st
                 optimizer_step_s=median["optimizer"], micro_rounds=opts.micro_rounds)
 
 
+def executed_flops_by_kind(unet, cfg, opts: argparse.Namespace) -> dict:
+    """FLOPs one forward+backward of the trained LoRA U-Net executes as the run had it (with checkpointing's
+    recomputation when it was on), by kind of op (benchmarks/step_profile.py)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = step_inputs(unet.config, cfg, opts, next(unet.parameters()).device)
+    with FlopCounterMode(display=False) as counter:
+        forward_backward(unet, x, weight_dtype(cfg), input_grad=False)
+    for p in unet.parameters():
+        p.grad = None
+    by_kind: dict[str, int] = {}
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+        kind = step_profile.kind_of("aten::" + str(op).split(".", 1)[-1])
+        by_kind[kind] = by_kind.get(kind, 0) + int(flops)
+    return by_kind
+
+
 def count_flops(unet, cfg, opts: argparse.Namespace) -> int:
     """FLOPs of one forward+backward of the trained LoRA U-Net at the step's shapes (checkpointing off: the
     count is the model's, not the recomputation's). Leaves the U-Net without checkpointing."""
@@ -489,6 +527,8 @@ def compare(base: list[str], sets: list[str], workdir: Path, made: dict) -> list
         order = range(len(sets)) if round_ % 2 == 0 else reversed(range(len(sets)))
         for i in order:
             opts, flags = parsed[i]
+            if opts.profile and round_ < rounds - 1:  # a set's line keeps its last round's profile
+                opts = argparse.Namespace(**{**vars(opts), "profile": False})
             runs[i].append(train_once(opts, flags, workdir, made))
     lines = [pooled(f"{chr(65 + i)}", sets[i], results) for i, results in enumerate(runs)]
     ratios = [dict(compare=f"{line['label']}/A", **{key: ratio(line[key], lines[0][key]) for key in (

@@ -49,10 +49,19 @@ def _bench_train(*args: str) -> list[dict]:
 
 
 def test_train_benchmark_runs_the_cli_on_the_tiny_model_and_prints_one_json_line():
-    (line,) = _bench_train("--steps", "2", "--resolution", "64", "--micro_rounds", "1", "--threads", "1")
+    (line,) = _bench_train("--steps", "2", "--resolution", "64", "--micro_rounds", "1", "--threads", "1",
+                           "--warmup", "2", "--profile")
     assert TRAIN_KEYS <= line.keys()
     assert line["model"] == "tiny" and line["device"] == "cpu" and line["resolution"] == 64 and line["batch"] == 1
     assert line["steps"] == 2 and len(line["step_times"]) == 2 and line["flags"] == []
+    # --profile: the second (last warm-up) step, by kind of op; the measured steps are still the two after it.
+    profile = line["profile"]
+    assert profile["step_s"] > 0 and profile["device_s"] is None and profile["device_busy"] is None
+    assert profile["host_s"]["matmul"] > 0 and profile["host_s"]["optimizer"] > 0
+    assert sum(profile["host_s"].values()) <= profile["step_s"] and profile["top"]
+    # No checkpointing here, so the executed FLOPs by kind add up to the model's count exactly.
+    assert profile["executed_flops"]["matmul"] > 0 and profile["executed_flops"]["convolution"] > 0
+    assert sum(profile["executed_flops"].values()) == line["flops_per_step"]
     assert line["s_per_step"] > 0 and line["images_per_s"] == pytest.approx(1 / line["s_per_step"])
     assert line["flops_per_step"] > 0 and line["peak_host_mem"] > 0
     assert line["lora_overhead"] > 0 and line["step_overhead"] > 0
