@@ -11,9 +11,10 @@ CUDA, no on the CPU), --device cpu|cuda (the whole process's; default cuda when 
 threads), --micro_rounds R, --no_overheads, --peak_tflops T, --model_dir DIR (keep the random full-size model
 there and reuse it), --model_file FILE (a full-size SDXL single file to train on instead, e.g. the one
 benchmarks/load_memory.py --keep writes; implies --model full), --profile (the last warm-up step under
-torch.profiler, summed by kind of op: benchmarks/step_profile.py; needs --warmup 2 or more), --compare A B [C ...]
-(must come last). Every other argument is a trainer flag, passed on unchanged (e.g. --cache_latents
---cache_text_encoder_outputs --gradient_checkpointing --fp8_base --optimizer_type AdamW8bit).
+torch.profiler, summed by kind of op: benchmarks/step_profile.py; needs --warmup 2 or more), --channels_last (the
+U-Net's 4-D weights in channels_last memory format once placed, to measure it: the trainer itself does not),
+--compare A B [C ...] (must come last). Every other argument is a trainer flag, passed on unchanged (e.g.
+--cache_latents --cache_text_encoder_outputs --gradient_checkpointing --fp8_base --optimizer_type AdamW8bit).
 
 What runs: the trainer's own CLI (sdxl_lora.cli.main) on a dataset of `batch` random images at the resolution
 (one bucket, enough repeats for one epoch), with LoRA rank 8 alpha 8 on the U-Net only, for warmup + steps
@@ -92,6 +93,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--model_file", type=Path, help="a full-size SDXL single file to use (implies --model full)")
     parser.add_argument("--rounds", type=int, default=3, help="--compare: runs of each option set")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default torch's: one per core)")
+    parser.add_argument("--channels_last", action="store_true",
+                        help="the U-Net's 4-D weights in channels_last after placement (to measure it; the trainer "
+                             "itself does not)")
     parser.add_argument("--profile", action="store_true",
                         help="profile the last warm-up step by kind of op (benchmarks/step_profile.py)")
     opts, flags = parser.parse_known_args(argv)
@@ -199,8 +203,8 @@ class Probe:
     """While entered: step boundaries from Events.step_done, the RunResult of train.loop.run and the optimizers
     that stepped (a global torch optimizer hook); the production code itself is untouched."""
 
-    def __init__(self, warmup: int, cuda: bool, profile: bool = False):
-        self.warmup, self.cuda, self.profile = warmup, cuda, profile
+    def __init__(self, warmup: int, cuda: bool, profile: bool = False, channels_last: bool = False):
+        self.warmup, self.cuda, self.profile, self.channels_last = warmup, cuda, profile, channels_last
         self.profiler = self.profiled = None
         self.boundaries: list[float] = []
         self.cfg = self.result = None
@@ -211,6 +215,7 @@ class Probe:
         import torch
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
+        from sdxl_lora.models import precision
         from sdxl_lora.train import events, loop
 
         self._step_done, self._run = events.Events.step_done, loop.run
@@ -238,14 +243,23 @@ class Probe:
             return probe.result
 
         events.Events.step_done, loop.run = step_done, run
+        self._place_unet = precision.place_unet
+        if self.channels_last:
+            def place_unet(unet, placement):
+                probe._place_unet(unet, placement)
+                unet.to(memory_format=torch.channels_last)
+
+            precision.place_unet = place_unet
         self._hook = register_optimizer_step_post_hook(
             lambda optimizer, args, kwargs: probe.optimizers.setdefault(id(optimizer), optimizer))
         return self
 
     def __exit__(self, *exc):
+        from sdxl_lora.models import precision
         from sdxl_lora.train import events, loop
 
         events.Events.step_done, loop.run = self._step_done, self._run
+        precision.place_unet = self._place_unet
         self._hook.remove()
 
     def step_times(self) -> list[float]:
@@ -272,7 +286,7 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
     reset_accelerate()
     reset_peaks(cuda)
     note(f"training: {shlex.join(flags) or '(no extra flags)'}")
-    with Probe(opts.warmup, cuda, opts.profile) as probe, contextlib.redirect_stdout(sys.stderr):
+    with Probe(opts.warmup, cuda, opts.profile, opts.channels_last) as probe, contextlib.redirect_stdout(sys.stderr):
         code = cli(argv)
     if code != 0:
         raise SystemExit(f"bench_train: the training run failed (exit status {code}); its messages are above")
@@ -290,6 +304,8 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
         profile = step_profile.summarize(probe.profiled[0].key_averages(), probe.profiled[1], cuda)
         note(f"profile of the last warm-up step: {json.dumps(profile)}")
     cfg, unet, optimizers = probe.cfg, probe.result.models.unet, list(probe.optimizers.values())
+    conv_in = unet.conv_in.weight  # 3x3: its two memory formats differ
+    unet_channels_last = conv_in.is_contiguous(memory_format=torch.channels_last) and not conv_in.is_contiguous()
     del probe  # the text encoders, VAE and data go with the run's result
     gc.collect()
     s_per_step = statistics.median(times)
@@ -309,6 +325,7 @@ def train_once(opts: argparse.Namespace, flags: list[str], workdir: Path, made: 
         flops_counted_over="LoRA U-Net forward+backward at the step's shapes (without checkpoint recomputation)",
         fraction_of_peak=flops / s_per_step / (peak["peak_tflops"] * 1e12) if peak["peak_tflops"] else None,
         **peak, **peaks, **micro, step_times=[round(t, 6) for t in times], profile=profile,
+        unet_channels_last=unet_channels_last,
         model=opts.model, device="cuda" if cuda else "cpu", resolution=opts.resolution, batch=opts.batch,
         precision=cfg.model.mixed_precision, flags=flags, steps=opts.steps, warmup=opts.warmup,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps, threads=torch.get_num_threads(),

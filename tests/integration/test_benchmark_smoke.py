@@ -71,9 +71,10 @@ def test_train_benchmark_runs_the_cli_on_the_tiny_model_and_prints_one_json_line
 def test_train_benchmark_compares_two_option_sets_and_prints_the_ratio():
     a, b, ratio = _bench_train("--steps", "1", "--warmup", "1", "--resolution", "64", "--batch", "2",
                                "--no_overheads", "--peak_tflops", "1", "--rounds", "1", "--threads", "1",
-                               "--compare", "", "--cache_latents --cache_text_encoder_outputs")
+                               "--compare", "", "--cache_latents --cache_text_encoder_outputs --channels_last")
     assert (a["label"], b["label"], ratio["compare"]) == ("A", "B", "B/A")
     assert a["flags"] == [] and b["flags"] == ["--cache_latents", "--cache_text_encoder_outputs"]
+    assert not a["unet_channels_last"] and b["unet_channels_last"]  # a harness option, read off the trained U-Net
     assert a["batch"] == b["batch"] == 2
     assert ratio["s_per_step"] == pytest.approx(b["s_per_step"] / a["s_per_step"])
     assert 0 < a["fraction_of_peak"] and a["lora_overhead"] is None
