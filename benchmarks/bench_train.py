@@ -431,31 +431,12 @@ def unet_timings(unet, optimizers: list, cfg, opts: argparse.Namespace, s_per_st
                 optimizer_step_s=median["optimizer"], micro_rounds=opts.micro_rounds)
 
 
-def executed_flops_by_kind(unet, cfg, opts: argparse.Namespace) -> dict:
-    """FLOPs one forward+backward of the trained LoRA U-Net executes as the run had it (with checkpointing's
-    recomputation when it was on), by kind of op (benchmarks/step_profile.py)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = step_inputs(unet.config, cfg, opts, next(unet.parameters()).device)
-    with FlopCounterMode(display=False) as counter:
-        forward_backward(unet, x, weight_dtype(cfg), input_grad=False)
-    for p in unet.parameters():
-        p.grad = None
-    by_kind: dict[str, int] = {}
-    for op, flops in counter.get_flop_counts().get("Global", {}).items():
-        kind = step_profile.kind_of("aten::" + str(op).split(".", 1)[-1])
-        by_kind[kind] = by_kind.get(kind, 0) + int(flops)
-    return by_kind
-
-
-def count_flops(unet, cfg, opts: argparse.Namespace) -> int:
-    """FLOPs of one forward+backward of the trained LoRA U-Net at the step's shapes (checkpointing off: the
-    count is the model's, not the recomputation's). Leaves the U-Net without checkpointing."""
+def _flop_counter(unet, cfg, opts: argparse.Namespace):
+    """A FlopCounterMode that counted one forward+backward of the trained LoRA U-Net at the step's shapes, as the
+    U-Net is set now (checkpointed or not)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    if getattr(unet, "is_gradient_checkpointing", False):
-        unet.disable_gradient_checkpointing()
     x = step_inputs(unet.config, cfg, opts, next(unet.parameters()).device)
     with FlopCounterMode(display=False) as counter:
         forward_backward(unet, x, weight_dtype(cfg), input_grad=False)
@@ -464,7 +445,25 @@ def count_flops(unet, cfg, opts: argparse.Namespace) -> int:
     del x
     if use_cuda():
         torch.cuda.synchronize()
-    return int(counter.get_total_flops())
+    return counter
+
+
+def executed_flops_by_kind(unet, cfg, opts: argparse.Namespace) -> dict:
+    """FLOPs one forward+backward executes as the run had it (with checkpointing's recomputation when it was on),
+    by kind of op (benchmarks/step_profile.py)."""
+    by_kind: dict[str, int] = {}
+    for op, flops in _flop_counter(unet, cfg, opts).get_flop_counts().get("Global", {}).items():
+        kind = step_profile.kind_of("aten::" + str(op).split(".", 1)[-1])
+        by_kind[kind] = by_kind.get(kind, 0) + int(flops)
+    return by_kind
+
+
+def count_flops(unet, cfg, opts: argparse.Namespace) -> int:
+    """FLOPs of one forward+backward of the trained LoRA U-Net at the step's shapes (checkpointing off: the
+    count is the model's, not the recomputation's). Leaves the U-Net without checkpointing."""
+    if getattr(unet, "is_gradient_checkpointing", False):
+        unet.disable_gradient_checkpointing()
+    return int(_flop_counter(unet, cfg, opts).get_total_flops())
 
 
 def peak_tflops(cfg, override: float | None) -> dict:

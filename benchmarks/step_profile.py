@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from torch.autograd import DeviceType
+
 KINDS = (
     ("matmul", r"(mm|addmm|bmm|baddbmm|addbmm|matmul|linear|_addmm_activation|_scaled_mm)"),
     ("convolution", r"\w*conv(olution|\d?d|_depthwise|_transpose)\w*"),
@@ -49,9 +51,11 @@ def _device_time(event) -> float:
 
 
 def _is_kernel(event) -> bool:
-    from torch.autograd import DeviceType
-
     return getattr(event, "device_type", None) == DeviceType.CUDA
+
+
+def _largest_first(seconds: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])}
 
 
 def summarize(events, step_s: float, cuda: bool) -> dict:
@@ -70,9 +74,8 @@ def summarize(events, step_s: float, cuda: bool) -> dict:
         if on_device:
             device[kind] = device.get(kind, 0.0) + on_device
         rows.append((on_device if cuda else event.self_cpu_time_total / 1e6, event.key))
-    rounded = lambda d: {k: round(v, 6) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}  # noqa: E731
     top = [[name, round(seconds, 6)] for seconds, name in sorted(rows, reverse=True)[:8] if seconds > 0]
-    return dict(step_s=round(step_s, 6), host_s=rounded(host), device_s=rounded(device) if cuda else None,
+    return dict(step_s=round(step_s, 6), host_s=_largest_first(host), device_s=_largest_first(device) if cuda else None,
                 device_busy=round(kernels / step_s, 4) if cuda and step_s > 0 else None, top=top)
 
 

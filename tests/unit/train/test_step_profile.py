@@ -51,3 +51,10 @@ def test_cuda_summary_splits_kernel_time_by_the_launching_op_and_counts_each_ker
     assert out["device_busy"] == pytest.approx(0.9)  # 9 ms of kernels in a 10 ms step
     assert out["host_s"] == {"matmul": 0.00004, "autograd/framework": 0.00003, "other aten": 0.00001}
     assert out["top"][0] == ["aten::mm", 0.006]
+
+
+def test_cuda_kernel_rows_add_no_host_kind():
+    rows = [_row("aten::mm", 40, device_us=6000), _row("sm90_gemm_kernel", 0, device_us=6000, device=DeviceType.CUDA)]
+    out = summarize(rows, step_s=0.01, cuda=True)
+    assert out["host_s"] == {"matmul": 0.00004} and out["device_s"] == {"matmul": 0.006}
+    assert out["device_busy"] == pytest.approx(0.6)
